@@ -1,0 +1,54 @@
+"""1.5-EntMax (Peters et al. 2019), exact and sort-based."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._sparse import apply_mask, entmax15_prefix, scaled_shifted, to_rows, topk_threshold
+from .base import Normalizer, check_dim, check_mask, compute_dtype, no_autocast
+from .losses import fenchel_young_loss
+
+
+class _Entmax15Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor | None) -> Tensor:  # x: [M, N]
+        X = scaled_shifted(x, 0.5, mask)
+        tau, _ = topk_threshold(X, entmax15_prefix)
+        p = apply_mask((X - tau).clamp_min_(0).square_(), mask)
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (p,) = ctx.saved_tensors
+        # Jacobian diag(s) - s sᵀ / Σs with s = p^(2-α) = sqrt(p).
+        s = p.sqrt()
+        gx = grad * s
+        q = gx.sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp_min(1e-30)
+        return gx.sub_(q * s), None
+
+
+def entmax15(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
+    """Exact 1.5-entmax along ``dim`` with an optional keep-mask (see :mod:`.base`)."""
+    dim = check_dim(scores, dim)
+    mask = check_mask(scores, mask)
+    with no_autocast(scores):
+        x, back = to_rows(scores.to(compute_dtype(scores)), dim)
+        m = None if mask is None else to_rows(mask.expand(scores.shape), dim)[0]
+        return back(_Entmax15Fn.apply(x, m)).to(scores.dtype)
+
+
+class Entmax15(Normalizer):
+    """1.5-EntMax: sparse like SparseMax, smoother; ``p = [x/2 - τ]_+²``."""
+
+    def forward(self, scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
+        return entmax15(scores, mask, dim)
+
+    def loss(self, logits: Tensor, target: Tensor, *, ignore_index: int = -100,
+             label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+        return fenchel_young_loss(logits, target, lambda z: entmax15(z), 1.5,
+                                  ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                  reduction=reduction)

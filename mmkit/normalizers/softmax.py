@@ -1,0 +1,64 @@
+"""SoftMax with a fixed or learnable temperature: ``softmax(x / T)``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast
+from .losses import cross_entropy
+
+
+class SoftMax(Normalizer):
+    """``softmax(x / T)``.
+
+    Args:
+        temperature: the (initial) temperature ``T > 0``.
+        learnable: learn ``log T`` (a no-weight-decay parameter).
+    """
+
+    is_modulated_softmax = True
+
+    def __init__(self, temperature: float = 1.0, learnable: bool = False) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.learnable = learnable
+        if learnable:
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        else:
+            self.register_buffer("log_temperature", torch.tensor(math.log(temperature)), persistent=False)
+        self._fixed_t = float(temperature)
+
+    @property
+    def temperature(self) -> Tensor:
+        return self.log_temperature.exp()
+
+    @property
+    def is_identity(self) -> bool:
+        """``True`` when this is the plain softmax (attention may then call SDPA as is)."""
+        return not self.learnable and self._fixed_t == 1.0
+
+    def modulate(self, scores: Tensor) -> Tensor:
+        if self.is_identity:
+            return scores
+        if not self.learnable:
+            return scores / self._fixed_t
+        return scores / self.temperature.to(scores.dtype)
+
+    def forward(self, scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
+        dim = check_dim(scores, dim)
+        mask = check_mask(scores, mask)
+        with no_autocast(scores):
+            x = scores.to(compute_dtype(scores))
+            return masked_softmax(self.modulate(x), mask, dim).to(scores.dtype)
+
+    def loss(self, logits: Tensor, target: Tensor, *, ignore_index: int = -100,
+             label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+        return cross_entropy(self.modulate(logits.to(compute_dtype(logits))), target, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, reduction=reduction)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self._fixed_t}, learnable={self.learnable}"

@@ -1,0 +1,53 @@
+"""SparseMax (Martins & Astudillo 2016): Euclidean projection onto the simplex."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ._sparse import apply_mask, scaled_shifted, sparsemax_prefix, to_rows, topk_threshold
+from .base import Normalizer, check_dim, check_mask, compute_dtype, no_autocast
+from .losses import fenchel_young_loss
+
+
+class _SparsemaxFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor | None) -> Tensor:  # x: [M, N]
+        X = scaled_shifted(x, 1.0, mask)
+        tau, _ = topk_threshold(X, sparsemax_prefix)
+        p = apply_mask((X - tau).clamp_min_(0), mask)
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (p,) = ctx.saved_tensors
+        supp = p > 0
+        g = grad * supp
+        mean = g.sum(-1, keepdim=True) / supp.sum(-1, keepdim=True).clamp_min(1)
+        return g.sub_(mean * supp), None
+
+
+def sparsemax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
+    """Exact sparsemax along ``dim`` with an optional keep-mask (see :mod:`.base`)."""
+    dim = check_dim(scores, dim)
+    mask = check_mask(scores, mask)
+    with no_autocast(scores):
+        x, back = to_rows(scores.to(compute_dtype(scores)), dim)
+        m = None if mask is None else to_rows(mask.expand(scores.shape), dim)[0]
+        return back(_SparsemaxFn.apply(x, m)).to(scores.dtype)
+
+
+class SparseMax(Normalizer):
+    """SparseMax: ``argmin_p ||p - x||²`` on the simplex; exact, closed-form backward."""
+
+    def forward(self, scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
+        return sparsemax(scores, mask, dim)
+
+    def loss(self, logits: Tensor, target: Tensor, *, ignore_index: int = -100,
+             label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+        return fenchel_young_loss(logits, target, lambda z: sparsemax(z), 2.0,
+                                  ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                  reduction=reduction)
