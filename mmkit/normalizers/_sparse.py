@@ -42,8 +42,9 @@ def scaled_shifted(x: Tensor, scale: Tensor | float, mask: Tensor | None) -> Ten
     if mask is None:
         return X - X.amax(-1, keepdim=True)
     top = X.masked_fill(~mask, float("-inf")).amax(-1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, 0.0)  # fully masked rows
-    return (X - top).masked_fill(~mask, MASK_FILL)
+    any_kept = torch.isfinite(top)
+    X = (X - torch.where(any_kept, top, 0.0)).masked_fill(~mask, MASK_FILL)
+    return torch.where(any_kept, X, 0.0)  # fully masked rows: uniform, zeroed later
 
 
 def topk_threshold(X: Tensor, fn: ThresholdFn, k: int = 32) -> tuple[Tensor, Tensor]:
