@@ -8,8 +8,8 @@ gradients per chunk. Values and gradients equal the reference
 ``softmax(seglu(x))`` (tests check both, and fp64 gradcheck).
 
 Two identities keep the forward short: ``relu(b - x) = b - min(x, b)`` and
-``relu(x - d) = max(x, d) - d``; for the order-1 pieces the constants only shift
-a row, which softmax ignores.
+``relu(x - d) = max(x, d) - d``. Expanding the pieces leaves constants that only
+shift a row, which softmax ignores.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 #: Elements per chunk: big enough to amortize dispatch, small enough for the cache.
-CHUNK_ELEMS = 1 << 16
+CHUNK_ELEMS = 1 << 18
 
 
 def _chunks(rows: int, cols: int):
@@ -37,7 +37,12 @@ def _sigma_shifted(x: Tensor, r: Tensor, t: Tensor) -> Tensor:
     """σ(x) up to a per-row constant; ``x`` [m, N], ``r``/``t`` [2N, m|1, 1]."""
     y = torch.addcmul(x, torch.clamp(x, max=r[0]), -t[0])  # x + tb1 relu(b1 - x) - tb1 b1
     y.addcmul_(torch.clamp(x, min=r[1]), t[1])  # + td1 relu(x - d1) + td1 d1
-    for i in range(1, r.shape[0] // 2):
+    if r.shape[0] >= 4:  # order 2: t·(b - min(x, b))² = t·m·(m - 2b) + t·b², m = min(x, b)
+        m = torch.clamp(x, max=r[2])
+        y.addcmul_(m, torch.addcmul(-2 * r[2] * t[2], m, t[2]))
+        m = torch.clamp(x, min=r[3])  # t·(max(x, d) - d)² = t·m·(m - 2d) + t·d²
+        y.addcmul_(m, torch.addcmul(-2 * r[3] * t[3], m, t[3]))
+    for i in range(2, r.shape[0] // 2):
         order = i + 1
         below = torch.sub(r[2 * i], x).clamp_min_(0).pow_(order)
         y.addcmul_(below, t[2 * i])

@@ -21,7 +21,8 @@ from torch import Tensor
 #: Fill value for masked entries in the scaled, shifted domain (below every τ >= -1).
 MASK_FILL = -2.0
 
-ThresholdFn = Callable[[Tensor], tuple[Tensor, Tensor]]
+#: Maps the sorted prefix ``[m, k]`` of rows ``rows`` (``None``: all) to ``(τ, support size)``.
+ThresholdFn = Callable[[Tensor, "Tensor | None"], tuple[Tensor, Tensor]]
 
 
 def to_rows(x: Tensor, dim: int) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -38,9 +39,9 @@ def to_rows(x: Tensor, dim: int) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
 
 def scaled_shifted(x: Tensor, scale: Tensor | float, mask: Tensor | None) -> Tensor:
     """``X = scale * x - rowmax``, masked entries set to ``MASK_FILL``; ``x`` is ``[M, N]``."""
-    X = x * scale
+    X = x if isinstance(scale, float) and scale == 1.0 else x * scale
     if mask is None:
-        return X - X.amax(-1, keepdim=True)
+        return X - X.amax(-1, keepdim=True)  # a fresh tensor: callers may work in place
     top = X.masked_fill(~mask, float("-inf")).amax(-1, keepdim=True)
     any_kept = torch.isfinite(top)
     X = (X - torch.where(any_kept, top, 0.0)).masked_fill(~mask, MASK_FILL)
@@ -55,7 +56,7 @@ def topk_threshold(X: Tensor, fn: ThresholdFn, k: int = 32) -> tuple[Tensor, Ten
     """
     n = X.shape[-1]
     k = min(k, n)
-    tau, size = fn(torch.topk(X, k, dim=-1).values)
+    tau, size = fn(torch.topk(X, k, dim=-1).values, None)
     rows = None
     while k < n:
         full = (size if rows is None else size[rows]).squeeze(-1) >= k  # support may extend
@@ -63,13 +64,13 @@ def topk_threshold(X: Tensor, fn: ThresholdFn, k: int = 32) -> tuple[Tensor, Ten
             break
         rows = full.nonzero().squeeze(-1) if rows is None else rows[full]
         k = min(4 * k, n)
-        t_sub, s_sub = fn(torch.topk(X[rows], k, dim=-1).values)
+        t_sub, s_sub = fn(torch.topk(X[rows], k, dim=-1).values, rows)
         tau[rows] = t_sub
         size[rows] = s_sub
     return tau, size
 
 
-def sparsemax_prefix(z: Tensor) -> tuple[Tensor, Tensor]:
+def sparsemax_prefix(z: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Sparsemax threshold from rows sorted descending: largest j with ``1 + j z_j > Σ_{i<=j} z_i``."""
     j = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
     csum = z.cumsum(-1) - 1.0
@@ -78,7 +79,7 @@ def sparsemax_prefix(z: Tensor) -> tuple[Tensor, Tensor]:
     return tau, size
 
 
-def entmax15_prefix(z: Tensor) -> tuple[Tensor, Tensor]:
+def entmax15_prefix(z: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """1.5-entmax threshold from rows sorted descending (``p = [z - τ]_+²``).
 
     For a support of size ρ, ``Σ (z_i - τ)² = 1`` gives

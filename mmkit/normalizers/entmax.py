@@ -5,7 +5,10 @@ The threshold is the root of the decreasing function ``f(τ) = Σ [X - τ]_+^β 
 ``[-1, 0]``. The ``entmax`` package bisects 50 times; we take safeguarded Newton
 steps from the left end, which converge monotonically (``f`` is convex for
 α <= 2) and quadratically, and fall back to bisection when a step leaves the
-bracket. The gradient with respect to α is exact (derived in the module docs).
+bracket. Like the sort-based ones, the search runs on each row's top-k entries,
+widened where the support fills them. The gradient with respect to α is exact:
+with ``s = p^(2-α)``, ``dp/dα = (p - s/Σs)/(α-1)² - (p ln p - (s/Σs) Σ p ln p)/(α-1)``,
+from differentiating ``p_i = [(α-1) x_i - τ]^{1/(α-1)}`` with ``Σ p`` held at 1.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ._sparse import apply_mask, scaled_shifted, to_rows
+from ._sparse import apply_mask, scaled_shifted, to_rows, topk_threshold
 from .base import Normalizer, check_dim, check_mask, compute_dtype, no_autocast, per_head_view
 from .losses import fenchel_young_loss
 
@@ -48,8 +51,15 @@ class _EntmaxFn(torch.autograd.Function):
         am1 = alpha - 1.0
         X = scaled_shifted(x, am1, mask)
         beta = 1.0 / am1
-        tau = _threshold(X, beta, max_iter)
-        p = (X - tau).clamp_min_(0).pow_(beta)
+
+        def prefix(z: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor]:
+            b = beta if rows is None or beta.shape[0] == 1 else beta[rows]
+            tau = _threshold(z, b, max_iter)
+            return tau, (z > tau).sum(-1, keepdim=True)
+
+        # Entries outside the top k are zero once the k-th one is below τ (see _sparse).
+        tau, _ = topk_threshold(X, prefix, k=64)
+        p = X.sub_(tau).clamp_min_(0).pow_(beta)
         p = apply_mask(p / p.sum(-1, keepdim=True), mask)
         ctx.save_for_backward(p, alpha)
         return p

@@ -16,7 +16,7 @@ class _Entmax15Fn(torch.autograd.Function):
     def forward(ctx, x: Tensor, mask: Tensor | None) -> Tensor:  # x: [M, N]
         X = scaled_shifted(x, 0.5, mask)
         tau, _ = topk_threshold(X, entmax15_prefix)
-        p = apply_mask((X - tau).clamp_min_(0).square_(), mask)
+        p = apply_mask(X.sub_(tau).clamp_min_(0).square_(), mask)
         ctx.save_for_backward(p)
         return p
 
@@ -28,7 +28,7 @@ class _Entmax15Fn(torch.autograd.Function):
         s = p.sqrt()
         gx = grad * s
         q = gx.sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp_min(1e-30)
-        return gx.sub_(q * s), None
+        return gx.addcmul_(s, q, value=-1.0), None
 
 
 def entmax15(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:

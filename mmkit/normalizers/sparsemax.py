@@ -16,7 +16,7 @@ class _SparsemaxFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, mask: Tensor | None) -> Tensor:  # x: [M, N]
         X = scaled_shifted(x, 1.0, mask)
         tau, _ = topk_threshold(X, sparsemax_prefix)
-        p = apply_mask((X - tau).clamp_min_(0), mask)
+        p = apply_mask(X.sub_(tau).clamp_min_(0), mask)
         ctx.save_for_backward(p)
         return p
 
@@ -27,7 +27,7 @@ class _SparsemaxFn(torch.autograd.Function):
         supp = p > 0
         g = grad * supp
         mean = g.sum(-1, keepdim=True) / supp.sum(-1, keepdim=True).clamp_min(1)
-        return g.sub_(mean * supp), None
+        return g.sub_(mean).mul_(supp), None  # (g - mean) on the support, 0 elsewhere
 
 
 def sparsemax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
