@@ -79,9 +79,9 @@ def check_mask(scores: Tensor, mask: Tensor | None) -> Tensor | None:
                 f"mask of shape {tuple(mask.shape)} does not broadcast to scores of shape "
                 f"{tuple(scores.shape)}"
             ) from None
-    neg = torch.isneginf(scores)
-    if bool(neg.any()):
-        mask = ~neg if mask is None else mask & ~neg
+    if scores.numel() and bool(torch.isneginf(scores.amin())):  # a cheap test first
+        keep = ~torch.isneginf(scores)
+        mask = keep if mask is None else mask & keep
     return mask
 
 
