@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .base import check_dim, check_mask, compute_dtype, no_autocast
+
 #: Fill value for masked entries in the scaled, shifted domain (below every τ >= -1).
 MASK_FILL = -2.0
 
@@ -98,3 +100,14 @@ def entmax15_prefix(z: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tens
 def apply_mask(p: Tensor, mask: Tensor | None) -> Tensor:
     """Zero masked entries (only fully masked rows have mass there)."""
     return p if mask is None else p * mask
+
+
+def normalize_rows(fn: Callable[[Tensor, Tensor | None], Tensor], scores: Tensor,
+                   mask: Tensor | None, dim: int) -> Tensor:
+    """Validate, upcast, flatten to ``[M, N]`` rows, apply ``fn(rows, mask_rows)``, undo."""
+    dim = check_dim(scores, dim)
+    mask = check_mask(scores, mask)
+    with no_autocast(scores):
+        x, back = to_rows(scores.to(compute_dtype(scores)), dim)
+        m = None if mask is None else to_rows(mask.expand(scores.shape), dim)[0]
+        return back(fn(x, m)).to(scores.dtype)

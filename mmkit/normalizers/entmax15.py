@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._sparse import apply_mask, entmax15_prefix, scaled_shifted, to_rows, topk_threshold
-from .base import Normalizer, check_dim, check_mask, compute_dtype, no_autocast
+from ._sparse import apply_mask, entmax15_prefix, normalize_rows, scaled_shifted, topk_threshold
+from .base import Normalizer
 from .losses import fenchel_young_loss
 
 
@@ -32,13 +32,8 @@ class _Entmax15Fn(torch.autograd.Function):
 
 
 def entmax15(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
-    """Exact 1.5-entmax along ``dim`` with an optional keep-mask (see :mod:`.base`)."""
-    dim = check_dim(scores, dim)
-    mask = check_mask(scores, mask)
-    with no_autocast(scores):
-        x, back = to_rows(scores.to(compute_dtype(scores)), dim)
-        m = None if mask is None else to_rows(mask.expand(scores.shape), dim)[0]
-        return back(_Entmax15Fn.apply(x, m)).to(scores.dtype)
+    """Exact entmax15 along ``dim`` with an optional keep-mask (see :mod:`.base`)."""
+    return normalize_rows(_Entmax15Fn.apply, scores, mask, dim)
 
 
 class Entmax15(Normalizer):

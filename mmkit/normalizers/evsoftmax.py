@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from .base import Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast

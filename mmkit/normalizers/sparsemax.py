@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._sparse import apply_mask, scaled_shifted, sparsemax_prefix, to_rows, topk_threshold
-from .base import Normalizer, check_dim, check_mask, compute_dtype, no_autocast
+from ._sparse import apply_mask, normalize_rows, scaled_shifted, sparsemax_prefix, topk_threshold
+from .base import Normalizer
 from .losses import fenchel_young_loss
 
 
@@ -32,12 +32,7 @@ class _SparsemaxFn(torch.autograd.Function):
 
 def sparsemax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
     """Exact sparsemax along ``dim`` with an optional keep-mask (see :mod:`.base`)."""
-    dim = check_dim(scores, dim)
-    mask = check_mask(scores, mask)
-    with no_autocast(scores):
-        x, back = to_rows(scores.to(compute_dtype(scores)), dim)
-        m = None if mask is None else to_rows(mask.expand(scores.shape), dim)[0]
-        return back(_SparsemaxFn.apply(x, m)).to(scores.dtype)
+    return normalize_rows(_SparsemaxFn.apply, scores, mask, dim)
 
 
 class SparseMax(Normalizer):
