@@ -42,3 +42,17 @@ def test_contract_flags_and_no_decay_parameters():
     assert isinstance(build_normalizer("softmax"), Normalizer)
     x = torch.randn(3, 5)
     assert torch.allclose(mm.modulate(x), x, atol=0.5)
+
+
+def test_yaml_class_path_builds_a_normalizer(tmp_path):
+    """Configs name a normalizer by class path with init_args, as LightningCLI will."""
+    from jsonargparse import ArgumentParser
+
+    cfg = tmp_path / "norm.yaml"
+    cfg.write_text("normalizer:\n  class_path: mmkit.normalizers.MultiMax\n"
+                   "  init_args:\n    order: 3\n    num_heads: 2\n")
+    parser = ArgumentParser()
+    parser.add_argument("--config", action="config")
+    parser.add_argument("--normalizer", type=Normalizer)
+    init = parser.instantiate(parser.parse_args(["--config", str(cfg)]))
+    assert isinstance(init.normalizer, MultiMax) and init.normalizer.ranges.shape == (2, 6)
