@@ -19,8 +19,8 @@ def figure1_normalizers() -> list[tuple[str, Normalizer]]:
     """Every registry normalizer at its defaults, plus a few informative variants."""
     with torch.random.fork_rng():  # MultiMax's random init, reproducibly
         torch.manual_seed(0)
-        rows = [(name, build_normalizer(name)) for name in NORMALIZERS]
-    rows[list(NORMALIZERS).index("multimax")] = ("multimax (init, seed 0)", rows[list(NORMALIZERS).index("multimax")][1])
+        rows = [(name if name != "multimax" else "multimax (init, seed 0)", build_normalizer(name))
+                for name in NORMALIZERS]
     rows.insert(1, ("softmax T=0.5", SoftMax(temperature=0.5)))
     rows.insert(2, ("softmax T=2", SoftMax(temperature=2.0)))
     rows.append(("entmax alpha=1.25", Entmax(alpha=1.25)))

@@ -60,9 +60,6 @@ class Normalizer(nn.Module):
         """Parameters that optimizers must exclude from weight decay (all of ours)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def extra_repr(self) -> str:
-        return ""
-
 
 def check_mask(scores: Tensor, mask: Tensor | None) -> Tensor | None:
     """Validate ``mask`` and merge ``-inf`` entries of ``scores`` into it."""
@@ -114,16 +111,17 @@ def masked_softmax(y: Tensor, mask: Tensor | None, dim: int) -> Tensor:
 
 
 def per_head_view(param: Tensor, scores: Tensor, dim: int) -> Tensor:
-    """Reshape a per-head parameter ``[H]`` to broadcast against ``[..., H, Nq, Nk]`` scores.
+    """Reshape a per-head parameter ``[..., H]`` to ``[..., H, 1, 1]``, which broadcasts
+    against ``[..., H, Nq, Nk]`` scores.
 
     Per-head normalizers expect the head axis third from last, and ``dim`` one of the
     last two axes (the attention layout).
     """
-    heads = param.shape[0]
+    heads = param.shape[-1]
     if scores.ndim < 3 or scores.shape[-3] != heads or dim < scores.ndim - 2:
         raise ValueError(
             f"a per-head normalizer with {heads} heads expects scores shaped "
             f"[..., {heads}, Nq, Nk] normalized along one of the last two dims; "
             f"got shape {tuple(scores.shape)} and dim={dim - scores.ndim}"
         )
-    return param.view(heads, 1, 1)
+    return param[..., None, None]

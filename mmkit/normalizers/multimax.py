@@ -81,10 +81,7 @@ class MultiMax(Normalizer):
         r, t = self.ranges.to(dtype), self.ts.to(dtype)
         if self.num_heads is None:
             return r.view(-1, *([1] * scores.ndim)), t.view(-1, *([1] * scores.ndim))
-        # [H, 2N] -> [2N, H, 1, 1]
-        head = per_head_view(r.new_empty(self.num_heads), scores, dim).shape
-        view = (-1, *([1] * (scores.ndim - 3)), *head)
-        return r.t().reshape(view), t.t().reshape(view)
+        return per_head_view(r.t(), scores, dim), per_head_view(t.t(), scores, dim)  # [2N, H, 1, 1]
 
     def modulate(self, scores: Tensor) -> Tensor:
         """σ(scores) (the whole tensor; with ``num_heads``, heads third from last)."""

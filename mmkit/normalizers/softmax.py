@@ -26,15 +26,13 @@ class SoftMax(Normalizer):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.learnable = learnable
+        self._fixed_t = float(temperature)  # the initial value when learnable
         if learnable:
             self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
-        else:
-            self.register_buffer("log_temperature", torch.tensor(math.log(temperature)), persistent=False)
-        self._fixed_t = float(temperature)
 
     @property
     def temperature(self) -> Tensor:
-        return self.log_temperature.exp()
+        return self.log_temperature.exp() if self.learnable else torch.tensor(self._fixed_t)
 
     @property
     def is_identity(self) -> bool:
