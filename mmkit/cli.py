@@ -1,17 +1,88 @@
 """The ``mmkit`` command.
 
-``mmkit demo`` prints every normalizer on the paper's Figure 1 input. Training
-subcommands (``fit``, ``validate``, ``test``, ``predict``, ``ablate``) arrive with
-the tasks.
+- ``mmkit fit|validate|test|predict -c configs/vit/mnist.yaml [-c configs/normalizer/multimax.yaml]
+  [--model.network.normalizer entmax15] [--ckpt_path last]``: Lightning's CLI over the
+  mmkit tasks and data modules.
+- ``mmkit demo``: every normalizer on the paper's Figure 1 input.
+
+User errors (a bad value, a missing file) end with one line on stderr and exit
+status 2; set ``MMKIT_DEBUG=1`` to see the traceback.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": {"class_path": "mmkit.loggers.CSVLogger",
+               "init_args": {"save_dir": "runs", "name": "mmkit"}},
+}
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
-def _demo(_: argparse.Namespace) -> int:
+class MMKitCLI(LightningCLI):
+    """LightningCLI with mmkit's defaults: a configurable ``ModelCheckpoint`` that
+    keeps ``last.ckpt`` (so ``--ckpt_path last`` resumes), a rich progress bar, a CSV
+    logger under ``runs/``, seed 0, and a ``config.yaml`` that reruns overwrite."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            LightningModule, LightningDataModule,
+            subclass_mode_model=True, subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=0,
+            auto_configure_optimizers=False,  # tasks build their own parameter groups
+            args=args, run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+
+    def before_instantiate_classes(self) -> None:
+        """``--ckpt_path last`` continues the newest run of this logger name in place."""
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if config is not None and config.get("ckpt_path") == "last":
+            resume_latest(config)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        given = list(config.get("callbacks") or []) + list(callbacks)
+        if config.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, RichProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def resume_latest(config: Namespace) -> None:
+    """Point ``ckpt_path`` at the newest ``last.ckpt`` under the logger's directory
+    (``<save_dir>/<name>/version_*/checkpoints``) and pin the logger to that version,
+    so logs and checkpoints continue in the same place. Without one, Lightning's own
+    ``"last"`` handling starts from scratch with a warning. An explicit
+    ``checkpoint.dirpath`` is left to Lightning, which finds ``last.ckpt`` there."""
+    logger = config.trainer.get("logger")
+    init = getattr(logger, "init_args", None)
+    if config.get("checkpoint", {}).get("dirpath") or init is None or "save_dir" not in init:
+        return
+    root = Path(init.save_dir) / (init.get("name") or "")
+    found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if found:
+        config.ckpt_path = str(found[-1])
+        init.version = found[-1].parent.parent.name
+
+
+def _demo() -> int:
     from .analysis.figure1 import figure1_table
 
     sys.stdout.write(figure1_table() + "\n")
@@ -19,12 +90,19 @@ def _demo(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmkit", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("demo", help="print every normalizer on the paper's Figure 1 input").set_defaults(
-        func=_demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["demo"]:
+        return _demo()
+    try:
+        MMKitCLI(args=argv)
+    except USER_ERRORS as err:
+        if os.environ.get("MMKIT_DEBUG"):
+            raise
+        while isinstance(err.__cause__, USER_ERRORS):  # jsonargparse wraps ours; unwrap
+            err = err.__cause__
+        message = " ".join(str(err).split()) or type(err).__name__
+        sys.stderr.write(f"mmkit: error: {message} (set MMKIT_DEBUG=1 for the traceback)\n")
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ property tests loop over this dict.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Union
 
 from .base import Normalizer
 from .entmax import Entmax, entmax_bisect
@@ -59,8 +59,33 @@ def build_normalizer(name: str, **kwargs: Any) -> Normalizer:
         raise ValueError(f"bad arguments for normalizer {name!r}: {err}") from None
 
 
+#: How configs name a normalizer: a registry name or class path (``"multimax"``), or a
+#: dict with its arguments, either ``{"name": "entmax", "alpha": 1.3}`` or the
+#: jsonargparse form ``{"class_path": ..., "init_args": {...}}``. Models build one
+#: instance per layer from it, so every layer learns its own parameters.
+NormalizerSpec = Union[str, dict[str, Any]]
+
+
+def make_normalizer(spec: NormalizerSpec, **overrides: Any) -> Normalizer:
+    """Build a fresh normalizer from a :data:`NormalizerSpec` (plus ``overrides``)."""
+    if isinstance(spec, str):
+        return build_normalizer(spec, **overrides)
+    if not isinstance(spec, dict):
+        raise ValueError(f"a normalizer is a name or a dict, got {type(spec).__name__}: {spec!r}")
+    spec = dict(spec)
+    if "class_path" in spec:
+        name, kwargs = spec.pop("class_path"), dict(spec.pop("init_args", None) or {})
+        if spec:
+            raise ValueError(f"unexpected keys {sorted(spec)} next to class_path in {spec!r}")
+    elif "name" in spec:
+        name, kwargs = spec.pop("name"), spec
+    else:
+        raise ValueError(f"a normalizer dict needs a 'name' or 'class_path' key, got {spec!r}")
+    return build_normalizer(name, **kwargs, **overrides)
+
+
 __all__ = [
-    "NORMALIZERS", "Normalizer", "build_normalizer",
+    "NORMALIZERS", "Normalizer", "NormalizerSpec", "build_normalizer", "make_normalizer",
     "SoftMax", "SparseMax", "Entmax15", "Entmax", "MultiMax", "EvSoftMax",
     "sparsemax", "entmax15", "entmax_bisect", "seglu",
     "cross_entropy", "fenchel_young_loss", "tsallis_omega",

@@ -5,8 +5,9 @@
   (Blondel et al. 2020), ``L(z, y) = Ω(y) + Ω*(z) - <z, y>``. Its gradient in ``z``
   is ``p - y`` with ``p = entmax_α(z)``; it is 0 exactly when ``p == y``.
 
-Classes are on the last dimension of ``logits``; ``target`` holds class indices
-with the shape of ``logits`` without its last dimension.
+Classes are on the last dimension of ``logits``. ``target`` holds either class
+indices, with the shape of ``logits`` without its last dimension, or class
+probabilities (a float tensor shaped like ``logits``, as MixUp/CutMix produce).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ def _check(logits: Tensor, target: Tensor, label_smoothing: float, reduction: st
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    if logits.shape[:-1] != target.shape:
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"a probability target must have the logits' shape {tuple(logits.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+    elif logits.shape[:-1] != target.shape:
         raise ValueError(
             f"target shape {tuple(target.shape)} must equal logits shape without the class "
             f"dim, {tuple(logits.shape[:-1])}"
@@ -44,14 +51,15 @@ def cross_entropy(
     _check(logits, target, label_smoothing, reduction)
     num_classes = logits.shape[-1]
     dtype = torch.promote_types(logits.dtype, torch.float32)
+    soft = target.is_floating_point()
     loss = F.cross_entropy(
         logits.reshape(-1, num_classes).to(dtype),  # [M, K]
-        target.reshape(-1),  # [M]
+        target.reshape(-1, num_classes).to(dtype) if soft else target.reshape(-1),  # [M, K] | [M]
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         reduction=reduction,
     )
-    return loss.view(target.shape) if reduction == "none" else loss
+    return loss.view(logits.shape[:-1]) if reduction == "none" else loss
 
 
 def tsallis_omega(p: Tensor, alpha: Tensor | float) -> Tensor:
@@ -86,20 +94,23 @@ def fenchel_young_loss(
     num_classes = logits.shape[-1]
     dtype = torch.promote_types(logits.dtype, torch.float32)
     z = logits.reshape(-1, num_classes).to(dtype)  # [M, K]
-    t = target.reshape(-1)  # [M]
-    valid = t != ignore_index
-    if bool(((t < 0) | (t >= num_classes))[valid].any()):
-        raise ValueError(f"target values must be in [0, {num_classes}) or ignore_index")
-    t = torch.where(valid, t, 0)
+    if target.is_floating_point():  # class probabilities
+        y = target.reshape(-1, num_classes).to(dtype)  # [M, K]
+        valid = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+    else:
+        t = target.reshape(-1)  # [M]
+        valid = t != ignore_index
+        if bool(((t < 0) | (t >= num_classes))[valid].any()):
+            raise ValueError(f"target values must be in [0, {num_classes}) or ignore_index")
+        y = F.one_hot(torch.where(valid, t, 0), num_classes).to(dtype)
     with torch.no_grad():
         p = normalize(z.detach())
-    y = F.one_hot(t, num_classes).to(dtype)
     if label_smoothing > 0:
         y = y * (1.0 - label_smoothing) + label_smoothing / num_classes
     rows = ((p - y) * z).sum(-1) - tsallis_omega(p, alpha) + tsallis_omega(y, alpha)
     rows = torch.where(valid, rows, 0.0)
     if reduction == "none":
-        return rows.view(target.shape)
+        return rows.view(logits.shape[:-1])
     if reduction == "sum":
         return rows.sum()
     return rows.sum() / valid.sum().clamp_min(1)

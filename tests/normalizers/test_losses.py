@@ -98,3 +98,28 @@ def test_per_head_normalizers_refuse_output_loss():
 
 def test_variant_ids_are_unique():
     assert len({v[0] for v in VARIANTS}) == len(VARIANTS)
+
+
+def test_probability_targets_equal_index_targets_when_one_hot(variant):
+    """MixUp/CutMix give class probabilities; a one-hot one must equal the index target,
+    and a mixture must be the same mixture of the per-class losses for CE, or have the
+    FY gradient p - y."""
+    _, name, kw = variant
+    norm = make(name, kw)
+    z = torch.randn(5, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (5,))
+    hard = norm.loss(z, y, label_smoothing=0.1, reduction="none")
+    soft = norm.loss(z, F.one_hot(y, 4).double(), label_smoothing=0.1, reduction="none")
+    assert torch.allclose(hard, soft, atol=1e-10)
+    mix = 0.3 * F.one_hot(y, 4).double() + 0.7 * F.one_hot((y + 1) % 4, 4).double()
+    zg = z.clone().requires_grad_()
+    norm.loss(zg, mix, reduction="sum").backward()
+    if name in ("sparsemax", "entmax15", "entmax"):
+        with torch.no_grad():
+            p = norm(z)
+        assert torch.allclose(zg.grad, p - mix, atol=1e-10)
+    else:
+        mixed = 0.3 * norm.loss(z, y, reduction="none") + 0.7 * norm.loss(z, (y + 1) % 4, reduction="none")
+        assert torch.allclose(norm.loss(z, mix, reduction="none"), mixed, atol=1e-10)
+    with pytest.raises(ValueError, match="probability target"):
+        norm.loss(z, mix[:, :3])

@@ -1,0 +1,182 @@
+"""Attention with a pluggable normalizer: one ``attend()`` that every model calls.
+
+Dispatch (fastest correct path first):
+
+1. :class:`~mmkit.normalizers.SoftMax` -> ``F.scaled_dot_product_attention``. A
+   temperature ``T`` is folded into the queries (``softmax(q·kᵀ/T) = SDPA(q/T)``),
+   so learnable temperatures stay on the fused path too.
+2. :class:`~mmkit.normalizers.MultiMax` on CUDA -> the fused kernel in
+   :mod:`mmkit.nn.kernels` when it applies (issue 4; no bias, no dropout).
+3. Everything else -> the materialized reference path: scores, then the
+   normalizer with the mask (so ``-inf`` never meets a modulator), then dropout,
+   then ``@ v``.
+
+``need_weights=True`` always takes the materialized path and also returns the
+probabilities; nothing is ever stored on a module.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..normalizers import MultiMax, Normalizer, NormalizerSpec, SoftMax, make_normalizer
+from . import kernels
+from .masks import merge_masks
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> None:
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(
+            "attend expects q, k, v shaped [B, H, N, D]; got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(
+            f"q/k head dims ({q.shape[-1]}, {k.shape[-1]}) or k/v lengths "
+            f"({k.shape[-2]}, {v.shape[-2]}) differ"
+        )
+    if mask is not None and mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool (True = attend), got {mask.dtype}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, normalizer: SoftMax, mask: Tensor | None,
+          causal: bool, bias: Tensor | None, dropout_p: float, scale: float) -> Tensor:
+    if not normalizer.is_identity:
+        q = normalizer.modulate(q)  # q / T
+        bias = None if bias is None else normalizer.modulate(bias)
+    nq, nk = q.shape[-2], k.shape[-2]
+    if mask is None and bias is None and (not causal or nq == nk):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal,
+                                              scale=scale)
+    keep = merge_masks(mask, causal, nq, nk, q.device)
+    has_key = None
+    if keep is not None:
+        # Rows without any key: attend to everything, then zero the output, so that
+        # every backend gives 0 (never NaN) with finite gradients.
+        has_key = keep.any(-1, keepdim=True)  # [..., Nq, 1]
+        keep = keep | ~has_key
+    attn_mask: Tensor | None = keep
+    if bias is not None:
+        attn_mask = bias.to(q.dtype)
+        if keep is not None:
+            attn_mask = attn_mask.masked_fill(~keep, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                         scale=scale)
+    return out if has_key is None else out * has_key
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    normalizer: Normalizer,
+    *,
+    mask: Tensor | None = None,
+    causal: bool = False,
+    bias: Tensor | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    scale: float | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``normalizer(q·kᵀ·scale + bias, mask) @ v``.
+
+    Args:
+        q, k, v: ``[B, H, Nq, D]``, ``[B, H, Nk, D]``, ``[B, H, Nk, Dv]``.
+        normalizer: any :class:`~mmkit.normalizers.Normalizer` (per-head ones expect H).
+        mask: bool keep-mask broadcastable to ``[B, H, Nq, Nk]`` (True = attend).
+        causal: add a bottom-right aligned causal mask (queries are the last Nq keys).
+        bias: additive float scores broadcastable to ``[B, H, Nq, Nk]`` (e.g. relative
+            positions), added before the normalizer.
+        dropout_p: dropout on the probabilities; pass 0 in eval.
+        need_weights: also return the probabilities ``[B, H, Nq, Nk]``.
+        scale: score scale, ``1/sqrt(D)`` by default.
+
+    Returns:
+        ``[B, H, Nq, Dv]``, or ``(output, probs)`` with ``need_weights``. Query rows
+        with no key to attend to give zeros.
+    """
+    _check_inputs(q, k, v, mask, dropout_p)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if not need_weights:
+        if isinstance(normalizer, SoftMax):
+            return _sdpa(q, k, v, normalizer, mask, causal, bias, dropout_p, scale)
+        if (isinstance(normalizer, MultiMax) and q.is_cuda and bias is None and dropout_p == 0.0):
+            # Hook for the fused MultiMax flash-attention kernel (issue 4).
+            out = kernels.multimax_attention(q, k, v, normalizer, mask=mask, causal=causal,
+                                             scale=scale)
+            if out is not None:
+                return out
+    keep = merge_masks(mask, causal, q.shape[-2], k.shape[-2], q.device)
+    scores = (q * scale) @ k.transpose(-2, -1)  # [B, H, Nq, Nk]
+    if bias is not None:
+        scores = scores + bias
+    probs = normalizer(scores, mask=keep, dim=-1)
+    dropped = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
+    out = dropped @ v  # [B, H, Nq, Dv]
+    return (out, probs) if need_weights else out
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head (self- or cross-) attention that owns its normalizer.
+
+    Each instance builds its own normalizer from ``normalizer``, so normalizer
+    parameters (MultiMax's SegLU scalars, a learnable α) are per layer, as in the
+    paper; ``per_head=True`` gives each head its own (MultiMax, learnable EntMax).
+
+    Args:
+        dim: model width; ``num_heads`` must divide it.
+        num_heads: number of heads.
+        normalizer: a registry name, class path or dict (see ``NormalizerSpec``).
+        per_head: one set of normalizer parameters per head.
+        qkv_bias: biases in the q/k/v projections.
+        attn_drop: dropout on the attention probabilities.
+        proj_drop: dropout after the output projection.
+        kv_dim: width of the cross-attention context (default ``dim``).
+    """
+
+    def __init__(self, dim: int, num_heads: int, normalizer: NormalizerSpec = "softmax", *,
+                 per_head: bool = False, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, kv_dim: int | None = None) -> None:
+        super().__init__()
+        if dim <= 0 or num_heads <= 0 or dim % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be positive and divide dim ({dim})")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
+        self.normalizer = _build(normalizer, num_heads if per_head else None)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, Dh]
+
+    def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
+                causal: bool = False, bias: Tensor | None = None,
+                need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``x`` ``[B, Nq, C]`` attends to ``context`` ``[B, Nk, C]`` (itself by default)."""
+        q = self._heads(self.q(x))
+        k, v = self.kv(x if context is None else context).chunk(2, dim=-1)
+        out = attend(q, self._heads(k), self._heads(v), self.normalizer, mask=mask, causal=causal,
+                     bias=bias, dropout_p=self.attn_drop if self.training else 0.0,
+                     need_weights=need_weights)
+        probs = None
+        if need_weights:
+            out, probs = out
+        b, _, n, _ = out.shape
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, -1)))  # [B, Nq, C]
+        return (out, probs) if need_weights else out
+
+
+def _build(spec: NormalizerSpec, num_heads: int | None) -> Normalizer:
+    if num_heads is None:
+        return make_normalizer(spec)
+    try:
+        return make_normalizer(spec, num_heads=num_heads)
+    except ValueError as err:
+        raise ValueError(f"per_head=True needs a normalizer with per-head parameters "
+                         f"(multimax, or entmax with learnable=True): {err}") from None

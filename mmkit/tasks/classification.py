@@ -1,0 +1,150 @@
+"""Image classification: a thin LightningModule around any classifier network.
+
+The network (e.g. :class:`~mmkit.models.VisionTransformer`) owns its attention
+normalizers and its ``output_normalizer``; the loss is that normalizer's own
+output loss (CE on σ(logits) for MultiMax, Fenchel-Young for SparseMax/EntMax).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.transforms import v2
+
+from ..normalizers import Normalizer, SoftMax
+from .optim import param_groups, warmup_cosine
+
+
+class ImageClassification(LightningModule):
+    """Train and evaluate an image classifier.
+
+    Args:
+        network: an ``nn.Module`` mapping images ``[B, C, H, W]`` to logits; it may
+            have an ``output_normalizer`` (SoftMax otherwise) and ``no_weight_decay()``.
+        optimizer: builds the optimizer from the parameter groups (no weight decay
+            for norms, biases, position embeddings and normalizer parameters).
+        scheduler: an LR scheduler stepped per epoch; by default a per-step linear
+            warmup over ``warmup_epochs`` and cosine decay to ``min_lr_ratio``.
+        warmup_epochs: warmup length of the default schedule (fractions allowed).
+        min_lr_ratio: final learning rate of the default schedule, relative to the base.
+        label_smoothing: label smoothing of the output loss.
+        mixup_alpha: MixUp Beta(α, α) mixing while training (0 = off).
+        cutmix_alpha: CutMix Beta(α, α) mixing while training (0 = off); with both,
+            each batch picks one of the two at random (as DeiT does).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        warmup_epochs: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if warmup_epochs < 0 or mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError("warmup_epochs, mixup_alpha and cutmix_alpha must be >= 0")
+        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
+        self.network = network
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.num_classes = _num_classes(network)
+        self.mix = _mixing(mixup_alpha, cutmix_alpha, self.num_classes)
+        top5 = min(5, self.num_classes)
+        for stage in ("train", "val", "test"):
+            setattr(self, f"{stage}_acc1", MulticlassAccuracy(self.num_classes, average="micro"))
+            setattr(self, f"{stage}_acc5",
+                    MulticlassAccuracy(self.num_classes, top_k=top5, average="micro"))
+
+    @property
+    def output_normalizer(self) -> Normalizer:
+        return getattr(self.network, "output_normalizer", None) or _SOFTMAX
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.network(images)
+
+    def _ranking(self, logits: Tensor) -> Tensor:
+        """Scores whose order is the output normalizer's order (for top-k accuracy)."""
+        norm = self.output_normalizer
+        return norm.modulate(logits) if norm.is_modulated_softmax else logits
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, target = batch
+        labels = target
+        if self.mix is not None:
+            images, target = self.mix(images, target)  # target: [B, K] class probabilities
+        logits = self(images)
+        loss = self.output_normalizer.loss(logits, target,
+                                           label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        if self.mix is None:
+            self.train_acc1(self._ranking(logits.detach()), labels)
+            self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        loss = self.output_normalizer.loss(logits, labels)
+        ranking = self._ranking(logits)
+        acc1, acc5 = getattr(self, f"{stage}_acc1"), getattr(self, f"{stage}_acc5")
+        acc1(ranking, labels)
+        acc5(ranking, labels)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
+        self.log(f"{stage}/acc1", acc1, prog_bar=True)
+        self.log(f"{stage}/acc5", acc5)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: tuple[Tensor, Tensor] | Tensor, batch_idx: int) -> dict:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        logits = self(images)
+        return {"pred": self._ranking(logits).argmax(-1),
+                "probs": self.output_normalizer(logits, dim=-1)}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(param_groups(self.network))
+        if self.scheduler_factory is not None:
+            return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = math.ceil(self.trainer.num_training_batches
+                              / self.trainer.accumulate_grad_batches)
+        warmup = round(self.hparams.warmup_epochs * per_epoch)
+        schedule = warmup_cosine(optimizer, warmup, total, self.hparams.min_lr_ratio)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+_SOFTMAX = SoftMax()
+
+
+def _num_classes(network: nn.Module) -> int:
+    num_classes = getattr(network, "num_classes", None)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError("the network must have an integer attribute num_classes >= 2 "
+                         f"(got {num_classes!r})")
+    return num_classes
+
+
+def _mixing(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> v2.Transform | None:
+    choices = []
+    if mixup_alpha > 0:
+        choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not choices:
+        return None
+    return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
