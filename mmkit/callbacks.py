@@ -14,9 +14,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 class PredictionsCSV(BasePredictionWriter):
     """Write ``mmkit predict`` results to ``<log_dir>/predictions.csv``.
 
-    One row per example: its index in the predict set, the predicted class and that
-    class's probability under the output normalizer. The file is written to a
-    temporary name and renamed, so an interrupted run never leaves half a file.
+    One row per example, numbered, with the columns the task's
+    ``prediction_rows(output)`` gives (by default, a ``predict_step`` that returns a list
+    of dicts is taken as the rows). The file is written to a temporary name and
+    renamed, so an interrupted run never leaves half a file.
     """
 
     def __init__(self, filename: str = "predictions.csv") -> None:
@@ -30,14 +31,11 @@ class PredictionsCSV(BasePredictionWriter):
         self.path = Path(log_dir) / self.filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        index = 0
+        to_rows = getattr(pl_module, "prediction_rows", None) or (lambda output: output)
+        rows = [{"index": i, **row} for i, row in
+                enumerate(row for output in predictions for row in to_rows(output))]
         with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "pred", "prob"])
-            for batch in predictions:
-                pred, probs = batch["pred"], batch["probs"]
-                chosen = probs.gather(-1, pred[:, None])[:, 0]
-                for p, q in zip(pred.tolist(), chosen.tolist()):
-                    writer.writerow([index, p, f"{q:.6g}"])
-                    index += 1
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["index"])
+            writer.writeheader()
+            writer.writerows(rows)
         os.replace(tmp, self.path)

@@ -149,7 +149,7 @@ class MultiHeadAttention(nn.Module):
         self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.attn_drop, self.proj_drop = attn_drop, nn.Dropout(proj_drop)
-        self.normalizer = _build(normalizer, num_heads if per_head else None)
+        self.normalizer = build_attention_normalizer(normalizer, num_heads if per_head else None)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -172,7 +172,8 @@ class MultiHeadAttention(nn.Module):
         return (out, probs) if need_weights else out
 
 
-def _build(spec: NormalizerSpec, num_heads: int | None) -> Normalizer:
+def build_attention_normalizer(spec: NormalizerSpec, num_heads: int | None = None) -> Normalizer:
+    """A fresh normalizer for one attention layer (with ``num_heads``: per-head parameters)."""
     if num_heads is None:
         return make_normalizer(spec)
     try:

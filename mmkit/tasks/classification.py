@@ -121,6 +121,13 @@ class ImageClassification(LightningModule):
         return {"pred": self._ranking(logits).argmax(-1),
                 "probs": self.output_normalizer(logits, dim=-1)}
 
+    @staticmethod
+    def prediction_rows(output: dict) -> list[dict]:
+        """Rows of ``predictions.csv``: the class and its probability per image."""
+        chosen = output["probs"].gather(-1, output["pred"][:, None])[:, 0]
+        return [{"pred": p, "prob": f"{q:.6g}"}
+                for p, q in zip(output["pred"].tolist(), chosen.tolist())]
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(param_groups(self.network))
         if self.scheduler_factory is not None:

@@ -1,0 +1,87 @@
+"""Transformer-XL: memory = full context, causality, cached generation, every
+normalizer learns, clear errors."""
+
+import pytest
+import torch
+
+from mmkit.models.transformer_xl import PRESETS, TransformerXL
+
+from ..normalizers.conftest import HEADED, VARIANTS
+
+ALL = VARIANTS + HEADED
+
+
+def model(normalizer="softmax", **kw):
+    kw = {"n_head": 3, "d_head": 8, **kw} if kw.pop("heads3", False) else kw
+    return TransformerXL(50, "test", normalizer=normalizer, **kw).double().eval()
+
+
+def spec(variant):
+    _, name, kw = variant
+    kw = dict(kw)
+    per_head = kw.pop("num_heads", None) is not None
+    return {"name": name, **kw}, per_head
+
+
+@pytest.mark.parametrize("variant", ALL, ids=[v[0] for v in ALL])
+def test_memory_equals_full_context(variant):
+    normalizer, per_head = spec(variant)
+    net = model(normalizer, per_head=per_head, heads3=True, mem_len=8, pre_norm=per_head)
+    tokens = torch.randint(0, 50, (2, 16))
+    full, _ = net(tokens)
+    first, mems = net(tokens[:, :8])
+    second, _ = net(tokens[:, 8:], mems)
+    assert torch.allclose(first, full[:, :8], atol=1e-10)
+    assert torch.allclose(second, full[:, 8:], atol=1e-10)
+
+
+def test_memory_is_truncated_to_mem_len_and_detached():
+    net = model(mem_len=5).train()
+    _, mems = net(torch.randint(0, 50, (2, 3)))
+    _, mems = net(torch.randint(0, 50, (2, 4)), mems)
+    assert len(mems) == 2 and mems[0].shape == (2, 5, 32)
+    assert not any(m.requires_grad for m in mems)
+
+
+@pytest.mark.parametrize("variant", ALL, ids=[v[0] for v in ALL])
+def test_logits_at_t_ignore_later_tokens(variant):
+    normalizer, per_head = spec(variant)
+    net = model(normalizer, per_head=per_head, heads3=True)
+    tokens = torch.randint(0, 50, (2, 12))
+    changed = tokens.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 50
+    a, b = net(tokens)[0], net(changed)[0]
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-12)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.mark.parametrize("normalizer", ["softmax", "sparsemax", "multimax"])
+def test_cached_generation_equals_uncached(normalizer):
+    net = model(normalizer, output_normalizer=normalizer, mem_len=32, tgt_len=4)
+    prompt = torch.randint(0, 50, (2, 6))
+    greedy = [net.generate(prompt, 10, greedy=True, use_cache=c) for c in (True, False)]
+    assert torch.equal(*greedy) and greedy[0].shape == (2, 16)
+    sampled = [net.generate(prompt, 10, top_k=5, temperature=0.8, use_cache=c,
+                            generator=torch.Generator().manual_seed(3)) for c in (True, False)]
+    assert torch.equal(*sampled)
+
+
+def test_presets():
+    assert PRESETS["base"] == dict(n_layer=16, d_model=410, n_head=10, d_head=41, d_inner=2100,
+                                   tgt_len=150, mem_len=150)
+    assert PRESETS["paper18"]["n_layer"] == 18
+    net = TransformerXL(100, "base", n_layer=1)
+    assert net.head.weight is net.embed.weight and len(net.attn) == 1
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(vocab_size=0), "vocab_size must be positive"),
+    (dict(preset="huge"), "unknown Transformer-XL preset"),
+    (dict(d_model=-4), "d_model must be positive"),
+    (dict(dropout=1.5), "dropout"),
+    (dict(normalizer="nosuchmax"), "unknown normalizer"),
+])
+def test_bad_configuration(kwargs, match):
+    args = {"vocab_size": 10, "preset": "test", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        TransformerXL(**args)
