@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
-
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI

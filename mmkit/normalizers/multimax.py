@@ -18,8 +18,7 @@ from torch import Tensor, nn
 
 from ._multimax_cpu import multimax_rows
 from ._sparse import to_rows
-from .base import (Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast,
-                   per_head_view)
+from .base import Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast, per_head_view
 from .losses import cross_entropy
 
 

@@ -4,8 +4,17 @@ import entmax as ref
 import pytest
 import torch
 
-from mmkit.normalizers import (Entmax, Entmax15, MultiMax, SoftMax, SparseMax, entmax15,
-                               entmax_bisect, seglu, sparsemax)
+from mmkit.normalizers import (
+    Entmax,
+    Entmax15,
+    MultiMax,
+    SoftMax,
+    SparseMax,
+    entmax15,
+    entmax_bisect,
+    seglu,
+    sparsemax,
+)
 
 
 def _fwd_bwd(fn, x, g):
