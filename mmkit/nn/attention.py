@@ -17,6 +17,8 @@ probabilities; nothing is ever stored on a module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -120,6 +122,24 @@ def attend(
     return (out, probs) if need_weights else out
 
 
+@dataclass
+class KVCache:
+    """Projected keys and values ``[B, H, N, Dh]`` of one attention layer.
+
+    Passed to :class:`MultiHeadAttention` for incremental decoding; ``static`` marks a
+    cross-attention cache, filled once from the encoder output.
+    """
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+    static: bool = False
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the rows ``index`` of the batch (beam search)."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head (self- or cross-) attention that owns its normalizer.
 
@@ -156,12 +176,24 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, N, Dh]
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
-                causal: bool = False, bias: Tensor | None = None,
-                need_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """``x`` ``[B, Nq, C]`` attends to ``context`` ``[B, Nk, C]`` (itself by default)."""
+                causal: bool = False, bias: Tensor | None = None, need_weights: bool = False,
+                cache: KVCache | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """``x`` ``[B, Nq, C]`` attends to ``context`` ``[B, Nk, C]`` (itself by default).
+
+        With ``cache`` (incremental decoding), self-attention appends this step's keys
+        and values to it and attends to all of them (``causal`` is aligned to the end);
+        a ``static`` cache (cross-attention) projects ``context`` once and reuses it.
+        """
         q = self._heads(self.q(x))
-        k, v = self.kv(x if context is None else context).chunk(2, dim=-1)
-        out = attend(q, self._heads(k), self._heads(v), self.normalizer, mask=mask, causal=causal,
+        if cache is not None and cache.static and cache.k is not None:
+            k, v = cache.k, cache.v
+        else:
+            k, v = (self._heads(t) for t in self.kv(x if context is None else context).chunk(2, -1))
+            if cache is not None:
+                if cache.k is not None:
+                    k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
+                cache.k, cache.v = k, v
+        out = attend(q, k, v, self.normalizer, mask=mask, causal=causal,
                      bias=bias, dropout_p=self.attn_drop if self.training else 0.0,
                      need_weights=need_weights)
         probs = None
