@@ -17,7 +17,8 @@ class PredictionsCSV(BasePredictionWriter):
     One row per example, numbered, with the columns the task's
     ``prediction_rows(output)`` gives (by default, a ``predict_step`` that returns a list
     of dicts is taken as the rows). The file is written to a temporary name and
-    renamed, so an interrupted run never leaves half a file.
+    renamed, so an interrupted run never leaves half a file. A task with a
+    ``prediction_text_column`` also gets that column as ``predictions.txt``.
     """
 
     def __init__(self, filename: str = "predictions.csv") -> None:
@@ -39,3 +40,9 @@ class PredictionsCSV(BasePredictionWriter):
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, self.path)
+        column = getattr(pl_module, "prediction_text_column", None)
+        if column is not None:  # e.g. translations: one output line per input line
+            text = self.path.with_suffix(".txt")
+            tmp = text.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text("".join(f"{row[column]}\n" for row in rows), encoding="utf-8")
+            os.replace(tmp, text)

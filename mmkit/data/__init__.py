@@ -3,5 +3,6 @@
 from .images import ImageDataModule
 from .lm import TextDataModule
 from .mnist5k import load_mnist5k
+from .translation import TranslationDataModule
 
-__all__ = ["ImageDataModule", "TextDataModule", "load_mnist5k"]
+__all__ = ["ImageDataModule", "TextDataModule", "TranslationDataModule", "load_mnist5k"]
