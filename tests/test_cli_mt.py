@@ -1,0 +1,78 @@
+"""`mmkit fit|test|predict` on the translation task (tiny model, number words)."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import sacrebleu
+
+from mmkit.cli import MMKitCLI, main
+from mmkit.normalizers import NORMALIZERS
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBERS = str(ROOT / "configs/mt/numbers_en_de.yaml")
+OVERLAYS = sorted((ROOT / "configs/normalizer").glob("*.yaml"))
+
+
+def tiny(tmp_path: Path, steps: int = 3) -> list[str]:
+    return [
+        "--model.network.init_args.preset=test", "--model.network.init_args.vocab_size=400",
+        "--data.init_args.vocab_size=400", "--data.init_args.num_train=300",
+        "--data.init_args.num_valid=12", "--data.init_args.num_test=12",
+        "--data.init_args.max_tokens=512", "--data.init_args.eval_batch_size=8",
+        "--data.init_args.max_number=300", "--model.init_args.beam=2",
+        "--model.init_args.max_len_b=3", "--model.init_args.max_len_a=0.5",
+        f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
+        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.stem for p in OVERLAYS])
+def test_every_normalizer_trains_and_the_logged_bleu_is_sacrebleu_on_the_files(overlay, tmp_path):
+    cli = MMKitCLI(args=["fit", "-c", NUMBERS, "-c", str(overlay), *tiny(tmp_path)])
+    net = cli.model.network
+    assert cli.trainer.global_step == 3
+    assert type(net.decoder[0].cross_attn.normalizer) is NORMALIZERS[overlay.stem]
+    run = Path(cli.trainer.log_dir)
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(math.isfinite(float(r["train/loss"])) for r in rows if r.get("train/loss"))
+    logged = [float(r["val/bleu"]) for r in rows if r.get("val/bleu")]
+    hyps = (run / "hyps.val.txt").read_text().splitlines()
+    refs = (run / "refs.val.txt").read_text().splitlines()
+    assert len(hyps) == len(refs) == 12 and len(logged) == 1
+    assert logged[0] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-4)
+    assert "tok:13a" in (run / "bleu.val.txt").read_text()
+
+
+def test_test_and_predict_translate_a_file(tmp_path):
+    fit = MMKitCLI(args=["fit", "-c", NUMBERS, *tiny(tmp_path)])
+    run = Path(fit.trainer.log_dir)
+    test = MMKitCLI(args=["test", "-c", NUMBERS, *tiny(tmp_path), "--ckpt_path=last"])
+    assert math.isfinite(float(test.trainer.callback_metrics["test/bleu"]))
+    assert (run / "hyps.test.txt").is_file()
+    source = tmp_path / "input.en"
+    source.write_text("one hundred and two ; seven\nforty-two\nnine\n")
+    pred = MMKitCLI(args=["predict", "-c", NUMBERS, *tiny(tmp_path), "--ckpt_path=last",
+                          f"--data.init_args.predict_file={source}"])
+    lines = (Path(pred.trainer.log_dir) / "predictions.txt").read_text().split("\n")
+    assert len(lines) == 4 and lines[-1] == ""  # one line out per line in
+
+
+def test_mismatched_files_exit_with_one_line(tmp_path, capsys):
+    (tmp_path / "train.de").write_text("a\nb\n")
+    (tmp_path / "train.en").write_text("x\n")
+    args = ["fit", "-c", NUMBERS, *tiny(tmp_path), "--data.init_args.corpus=parallel",
+            f"--data.init_args.root={tmp_path}", "--data.init_args.src_lang=de",
+            "--data.init_args.tgt_lang=en"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.de has 2 lines" in err[0] and "train.en has 1" in err[0]
