@@ -1,0 +1,175 @@
+"""Language-modeling data: token streams cut into B parallel streams (truncated BPTT).
+
+Each split is tokenized once in ``setup`` (never in DataLoader workers), trimmed to a
+multiple of the number of streams and viewed as ``[streams, L]``. Batch ``i`` is the
+window ``[:, i·tgt_len : (i+1)·tgt_len]`` of inputs and the same shifted by one as
+targets, in order, so a model's memory carries from one batch to the next.
+
+- **Epochs.** Every epoch walks the streams from the start again; the task resets
+  its memory at each epoch start (and before each validation/test pass).
+- **DDP.** The streams are split across ranks (``batch_size`` streams per rank); each
+  rank walks its own streams in order, so memory stays valid. No sampler is used.
+- **Resume.** Windows are deterministic, so a resumed epoch restarts from its first
+  window; the memory restarts empty (see the task).
+- **Tokenizer.** Trained on the training split, saved as ``tokenizer.json`` in the
+  run directory; with ``tokenizer_path`` (or when the run directory already has one,
+  as on ``--ckpt_path last``) it is loaded instead, and checkpoints carry it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningDataModule
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, IterableDataset
+
+from .corpora import Corpus, load_corpus
+from .tokenizer import TokenizerKind, encode, train_tokenizer
+
+
+class StreamWindows(IterableDataset):
+    """Consecutive ``(inputs, targets)`` windows ``[B, ≤tgt_len]`` of ``[B, L]`` streams."""
+
+    def __init__(self, streams: torch.Tensor, tgt_len: int) -> None:
+        self.streams, self.tgt_len = streams, tgt_len
+
+    def __len__(self) -> int:
+        return math.ceil((self.streams.shape[1] - 1) / self.tgt_len)
+
+    def __iter__(self):
+        length = self.streams.shape[1] - 1
+        for start in range(0, length, self.tgt_len):
+            end = min(start + self.tgt_len, length)
+            yield self.streams[:, start:end], self.streams[:, start + 1:end + 1]
+
+
+class TextDataModule(LightningDataModule):
+    """Token streams for :class:`~mmkit.tasks.LanguageModeling`.
+
+    Args:
+        corpus: ``kjv`` (embedded), ``pydoc`` (tiny, stdlib), ``wikitext`` or ``text``
+            (see :mod:`mmkit.data.corpora`).
+        root: directory or file for ``wikitext`` and ``text``.
+        tokenizer: ``bpe`` (byte-level) or ``word`` (WikiText parity).
+        vocab_size: most tokens the tokenizer may have (the model's ``vocab_size``
+            must be at least the tokenizer's size).
+        tokenizer_path: load this ``tokenizer.json`` instead of training one.
+        batch_size: parallel training streams per device.
+        eval_batch_size: parallel streams for validation/test.
+        tgt_len: tokens per window (the model's segment length).
+        eval_fraction: share of a single-source corpus for validation, and again
+            for testing.
+        max_chars: use only the first characters of each split (quick runs, tests).
+        prompts: what ``mmkit predict`` continues (default: the first line of the
+            test split).
+    """
+
+    def __init__(self, corpus: Corpus = "kjv", root: str | None = None,
+                 tokenizer: TokenizerKind = "bpe", vocab_size: int = 4096,
+                 tokenizer_path: str | None = None, batch_size: int = 16,
+                 eval_batch_size: int = 8, tgt_len: int = 64, eval_fraction: float = 0.05,
+                 max_chars: int | None = None, prompts: list[str] | None = None) -> None:
+        super().__init__()
+        for name, value in dict(vocab_size=vocab_size, batch_size=batch_size,
+                                eval_batch_size=eval_batch_size, tgt_len=tgt_len).items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 < eval_fraction < 0.5:
+            raise ValueError(f"eval_fraction must be in (0, 0.5), got {eval_fraction}")
+        self.save_hyperparameters()
+        self.corpus, self.root, self.kind, self.max_vocab = corpus, root, tokenizer, vocab_size
+        self.tokenizer_path = tokenizer_path
+        self.batch_size, self.eval_batch_size, self.tgt_len = batch_size, eval_batch_size, tgt_len
+        self.eval_fraction, self.max_chars, self.prompts = eval_fraction, max_chars, prompts
+        self.tokenizer: Tokenizer | None = None
+        self.ids: dict[str, torch.Tensor] = {}
+        self.bytes_per_token: dict[str, float] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        if self.tokenizer is None:
+            raise RuntimeError("the tokenizer exists after setup()")
+        return self.tokenizer.get_vocab_size()
+
+    def _run_dir(self) -> Path | None:
+        trainer = self.trainer
+        return Path(trainer.log_dir) if trainer is not None and trainer.log_dir else None
+
+    def _load_or_train_tokenizer(self, train_text: str) -> Tokenizer:
+        run_dir = self._run_dir()
+        saved = run_dir / "tokenizer.json" if run_dir else None
+        path = Path(self.tokenizer_path) if self.tokenizer_path else saved
+        if path is not None and path.is_file():
+            return Tokenizer.from_file(str(path))
+        if self.tokenizer_path:
+            raise FileNotFoundError(f"tokenizer_path {self.tokenizer_path} does not exist")
+        tok = train_tokenizer(self.kind, train_text, self.max_vocab)
+        if saved is not None and (self.trainer is None or self.trainer.is_global_zero):
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            tok.save(str(saved))
+        return tok
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.ids:
+            return
+        texts = load_corpus(self.corpus, self.root, self.eval_fraction)
+        if self.max_chars is not None:
+            texts = {split: text[:self.max_chars] for split, text in texts.items()}
+        for split, text in texts.items():
+            if not text.strip():
+                raise ValueError(f"the {split} split of corpus {self.corpus!r} is empty")
+        self.tokenizer = self._load_or_train_tokenizer(texts["train"])
+        self._first_test_line = next(line for line in texts["test"].splitlines() if line.strip())
+        for split, text in texts.items():
+            ids = encode(self.tokenizer, text)
+            self.ids[split] = ids
+            self.bytes_per_token[split] = len(text.encode("utf-8")) / max(len(ids), 1)
+
+    def _streams(self, split: str, per_rank: int) -> StreamWindows:
+        ids = self.ids[split]
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        streams = per_rank * world
+        length = len(ids) // streams
+        if length < 2:
+            raise ValueError(
+                f"the {split} split has {len(ids)} tokens, too few for {streams} streams "
+                f"({per_rank} per device x {world}); use a larger corpus or fewer streams")
+        if split == "train" and length <= self.tgt_len:
+            raise ValueError(
+                f"the train split has {len(ids)} tokens: {length} per stream, less than one "
+                f"segment (tgt_len={self.tgt_len}) for {streams} streams; use a larger corpus, "
+                "a smaller batch_size or a smaller tgt_len")
+        grid = ids[:streams * length].view(streams, length)  # [streams, L]
+        return StreamWindows(grid[rank * per_rank:(rank + 1) * per_rank], self.tgt_len)
+
+    def _loader(self, split: str, per_rank: int) -> DataLoader:
+        return DataLoader(self._streams(split, per_rank), batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        prompts = self.prompts or [self._first_test_line]
+        if not all(p.strip() for p in prompts):
+            raise ValueError("prompts must not be empty strings")
+        encoded = [torch.tensor([self.tokenizer.encode(p).ids]) for p in prompts]  # each [1, T0]
+        return DataLoader(encoded, batch_size=None)
+
+    def state_dict(self) -> dict:
+        return {"tokenizer": self.tokenizer.to_str() if self.tokenizer else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("tokenizer")
+        if saved and self.tokenizer is not None and saved != self.tokenizer.to_str():
+            raise ValueError("the checkpoint was trained with a different tokenizer than this "
+                             "run's; pass the run's tokenizer.json as data.tokenizer_path")

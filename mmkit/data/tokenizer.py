@@ -1,0 +1,51 @@
+"""Tokenizers (HF ``tokenizers``), trained on the training split only.
+
+- ``bpe``: byte-level BPE of at most ``vocab_size`` tokens; newlines are kept as tokens.
+- ``word``: a word-level vocabulary (whitespace split) with ``<unk>`` and an ``<eos>``
+  at every line end, as in the WikiText/Transformer-XL literature.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+TokenizerKind = Literal["bpe", "word"]
+EOS, UNK = "<eos>", "<unk>"
+
+
+def train_tokenizer(kind: TokenizerKind, text: str, vocab_size: int,
+                    special_tokens: list[str] | None = None) -> Tokenizer:
+    """Train on ``text``; ``special_tokens`` (BPE only) get the first ids, in order."""
+    lines = text.splitlines(keepends=True)
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                      special_tokens=special_tokens or [],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    elif kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.decoder = decoders.WordPiece(prefix="\0")  # joins words with spaces
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, show_progress=False,
+                                            special_tokens=[UNK, EOS])
+    else:
+        raise ValueError(f"unknown tokenizer {kind!r}; choose bpe or word")
+    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    return tok
+
+
+def encode(tok: Tokenizer, text: str) -> torch.Tensor:
+    """The whole text as one stream of ids ``[N]`` (word level: ``<eos>`` per line)."""
+    eos = tok.token_to_id(EOS)
+    lines = text.splitlines(keepends=eos is None)
+    ids: list[int] = []
+    for enc in tok.encode_batch(lines):
+        ids.extend(enc.ids)
+        if eos is not None:
+            ids.append(eos)
+    return torch.tensor(ids, dtype=torch.long)

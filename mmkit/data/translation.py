@@ -1,0 +1,213 @@
+"""Parallel text for translation: embedded number words, or aligned files.
+
+- ``numbers`` (embedded, en→de): sentences of 2-5 integers below ``max_number``
+  written out by ``num2words`` (342 → "three hundred and forty-two" →
+  "dreihundertzweiundvierzig"), seeded; the train, valid and test sentences are
+  built from disjoint sets of numbers.
+- ``parallel``: ``<root>/{train,valid,test}.{src_lang}`` and ``.{tgt_lang}``, the layout
+  of fairseq's ``prepare-iwslt14.sh`` output, or any aligned files in that layout.
+
+Pairs with an empty side are dropped from training and kept (as empty strings) in
+evaluation, so references stay aligned with their files. Training pairs longer than
+``max_tokens_per_sentence`` tokens on either side are dropped; evaluation sources are
+truncated to that length. A joint byte-level BPE is trained on the training split
+(both sides) and saved as ``tokenizer.json`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader
+
+from .tokenizer import train_tokenizer
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3 = the model's pad/bos/eos defaults
+SPLITS = ("train", "valid", "test")
+
+
+def number_pairs(seed: int, sizes: tuple[int, int, int], max_number: int) -> dict[str, list]:
+    """Sentences of 2-5 numbers joined by " ; ", in English and German. The numbers
+    below ``max_number`` are shuffled and cut 80/10/10 into train/valid/test pools,
+    so no number of the valid or test sentences was seen in training."""
+    from num2words import num2words
+
+    if max_number < 30:
+        raise ValueError(f"max_number must be at least 30, got {max_number}")
+    numbers = list(range(max_number))
+    random.Random(seed).shuffle(numbers)
+    cut1, cut2 = int(0.8 * max_number), int(0.9 * max_number)
+    pools = dict(zip(SPLITS, (numbers[:cut1], numbers[cut1:cut2], numbers[cut2:])))
+    out = {}
+    for k, (split, size) in enumerate(zip(SPLITS, sizes)):
+        rng = random.Random(seed * 1000 + k + 1)
+        sentences = [rng.choices(pools[split], k=rng.randint(2, 5)) for _ in range(size)]
+        out[split] = [(" ; ".join(num2words(n) for n in nums),
+                       " ; ".join(num2words(n, lang="de") for n in nums)) for nums in sentences]
+    return out
+
+
+def read_parallel(root: Path, src_lang: str, tgt_lang: str) -> dict[str, list]:
+    out = {}
+    for split in SPLITS:
+        src, tgt = root / f"{split}.{src_lang}", root / f"{split}.{tgt_lang}"
+        for path in (src, tgt):
+            if not path.is_file():
+                found = sorted(p.name for p in root.glob(f"{split}.*")) if root.is_dir() else []
+                raise FileNotFoundError(
+                    f"missing {path} for the language pair {src_lang}-{tgt_lang}; "
+                    f"{root} holds {', '.join(found) or 'no ' + split + '.* files'}")
+        src_lines, tgt_lines = (_lines(p) for p in (src, tgt))
+        if len(src_lines) != len(tgt_lines):
+            raise ValueError(f"parallel files differ in length: {src} has {len(src_lines)} lines, "
+                             f"{tgt} has {len(tgt_lines)}")
+        out[split] = list(zip(src_lines, tgt_lines))
+    return out
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+class TranslationDataModule(LightningDataModule):
+    """Token batches for :class:`~mmkit.tasks.Translation`.
+
+    Args:
+        corpus: ``numbers`` (embedded) or ``parallel`` (files under ``root``).
+        root: directory of the parallel files.
+        src_lang, tgt_lang: file suffixes of the source and target side.
+        vocab_size: most tokens of the joint BPE (the model's ``vocab_size`` must be
+            at least the tokenizer's size).
+        max_tokens: tokens per batch (source + target), bucketing similar lengths.
+        eval_batch_size: sentences per validation/test batch.
+        max_tokens_per_sentence: longest training sentence kept / source read at eval.
+        num_train, num_valid, num_test, max_number, seed: the ``numbers`` corpus.
+        predict_file: text file that ``mmkit predict`` translates, one line per line.
+    """
+
+    def __init__(self, corpus: Literal["numbers", "parallel"] = "numbers", root: str | None = None,
+                 src_lang: str = "en", tgt_lang: str = "de", vocab_size: int = 1000,
+                 max_tokens: int = 2048, eval_batch_size: int = 64,
+                 max_tokens_per_sentence: int = 256, num_train: int = 20000, num_valid: int = 500,
+                 num_test: int = 500, max_number: int = 10_000, seed: int = 0,
+                 predict_file: str | None = None) -> None:
+        super().__init__()
+        for name, value in dict(vocab_size=vocab_size, max_tokens=max_tokens,
+                                eval_batch_size=eval_batch_size,
+                                max_tokens_per_sentence=max_tokens_per_sentence).items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if corpus == "parallel" and root is None:
+            raise ValueError("corpus 'parallel' needs data.root (the directory of train.<lang> ...)")
+        self.save_hyperparameters()
+        self.hp = self.hparams
+        self.tokenizer: Tokenizer | None = None
+        self.pairs: dict[str, list[tuple[str, str]]] = {}
+        self.encoded: dict[str, list[tuple[list[int], list[int]]]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pairs:
+            return
+        hp = self.hp
+        if hp.corpus == "numbers":
+            pairs = number_pairs(hp.seed, (hp.num_train, hp.num_valid, hp.num_test), hp.max_number)
+        else:
+            pairs = read_parallel(Path(hp.root).expanduser(), hp.src_lang, hp.tgt_lang)
+        pairs["train"] = [(s, t) for s, t in pairs["train"] if s and t]
+        if not pairs["train"]:
+            raise ValueError("the training split has no sentence pairs with both sides non-empty")
+        self.pairs = pairs
+        self.tokenizer = self._load_or_train_tokenizer()
+        limit = hp.max_tokens_per_sentence
+        for split, split_pairs in pairs.items():
+            src = [e.ids[:limit] for e in self.tokenizer.encode_batch([s for s, _ in split_pairs])]
+            tgt = [e.ids for e in self.tokenizer.encode_batch([t for _, t in split_pairs])]
+            rows = list(zip(src, tgt))
+            if split == "train":
+                rows = [(s, t) for s, t in rows if len(t) + 1 <= limit]
+            self.encoded[split] = rows
+
+    def _load_or_train_tokenizer(self) -> Tokenizer:
+        run_dir = Path(self.trainer.log_dir) if self.trainer is not None and self.trainer.log_dir else None
+        saved = run_dir / "tokenizer.json" if run_dir else None
+        if saved is not None and saved.is_file():
+            return Tokenizer.from_file(str(saved))
+        text = "\n".join(side for pair in self.pairs["train"] for side in pair)
+        tok = train_tokenizer("bpe", text, self.hp.vocab_size, special_tokens=SPECIALS)
+        if saved is not None and self.trainer.is_global_zero:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            tok.save(str(saved))
+        return tok
+
+    def collate(self, rows: list[tuple]) -> dict[str, torch.Tensor]:
+        """Pad ``(src, tgt[, index])`` rows into ``src``, ``tgt_in`` (BOS + tgt), ``tgt_out``
+        (tgt + EOS) and, for evaluation, each row's ``index`` in its split."""
+        pad, bos, eos = 0, 1, 2
+        extra = {"index": torch.tensor([r[2] for r in rows])} if len(rows[0]) == 3 else {}
+        rows = [r[:2] for r in rows]
+        src_len = max(len(s) for s, _ in rows) or 1
+        tgt_len = max(len(t) for _, t in rows) + 1
+        src = torch.full((len(rows), src_len), pad)
+        tgt_in, tgt_out = torch.full((len(rows), tgt_len), pad), torch.full((len(rows), tgt_len), pad)
+        for i, (s, t) in enumerate(rows):
+            src[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            tgt_in[i, :len(t) + 1] = torch.tensor([bos] + t, dtype=torch.long)
+            tgt_out[i, :len(t) + 1] = torch.tensor(t + [eos], dtype=torch.long)
+        return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt_out, **extra}
+
+    def _token_batches(self, rows: list) -> list[list[int]]:
+        """Indices grouped by length so that each batch has about ``max_tokens`` tokens."""
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i][0]), len(rows[i][1])))
+        batches, current, longest = [], [], 0
+        for i in order:
+            size = len(rows[i][0]) + len(rows[i][1]) + 1
+            if current and max(longest, size) * (len(current) + 1) > self.hp.max_tokens:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, size)
+        return batches + ([current] if current else [])
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self.encoded["train"]
+        batches = self._token_batches(rows)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        random.Random(self.hp.seed + epoch).shuffle(batches)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        batches = batches[rank::world][: len(batches) // world or 1]
+        return DataLoader(rows, batch_sampler=batches, collate_fn=self.collate)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rows = [(s, t, i) for i, (s, t) in enumerate(self.encoded[split])]
+        return DataLoader(rows, batch_size=self.hp.eval_batch_size, collate_fn=self.collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def references(self, split: str) -> list[str]:
+        return [t for _, t in self.pairs[split]]
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.hp.predict_file is None:
+            lines = [s for s, _ in self.pairs["test"]]
+        else:
+            lines = _lines(Path(self.hp.predict_file))
+        limit = self.hp.max_tokens_per_sentence
+        rows = [(e.ids[:limit], [], i) for i, e in enumerate(self.tokenizer.encode_batch(lines))]
+        return DataLoader(rows, batch_size=self.hp.eval_batch_size, collate_fn=self.collate)
