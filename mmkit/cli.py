@@ -28,6 +28,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.loggers.CSVLogger",
                "init_args": {"save_dir": "runs", "name": "mmkit"}},
 }
+DESCRIPTION = ("mmkit: train and evaluate models with a pluggable attention/output normalizer "
+               "(softmax, sparsemax, entmax15, entmax, multimax). `mmkit demo` prints every "
+               "normalizer on the MultiMax paper's Figure 1 input.")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
@@ -45,6 +48,7 @@ class MMKitCLI(LightningCLI):
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             auto_configure_optimizers=False,  # tasks build their own parameter groups
+            parser_kwargs={"description": DESCRIPTION},
             args=args, run=run,
         )
 
