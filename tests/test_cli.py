@@ -14,6 +14,8 @@ import torch
 from mmkit.cli import MMKitCLI, main
 from mmkit.normalizers import NORMALIZERS
 
+from .conftest import quiet_trainer_args
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 MNIST = str(ROOT / "configs/vit/mnist.yaml")
@@ -25,9 +27,7 @@ def fast(tmp_path: Path, steps: int = 3) -> list[str]:
         "--model.network.init_args.preset=test", "--trainer.max_epochs=1",
         f"--trainer.limit_train_batches={steps}", "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2", "--trainer.limit_predict_batches=2",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--trainer.log_every_n_steps=1",
-        "--data.init_args.batch_size=16", f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--data.init_args.batch_size=16", *quiet_trainer_args(tmp_path),
     ]
 
 
@@ -36,9 +36,7 @@ def metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])

@@ -10,6 +10,8 @@ from tokenizers import Tokenizer
 from mmkit.cli import MMKitCLI, main
 from mmkit.normalizers import NORMALIZERS
 
+from .conftest import quiet_trainer_args
+
 ROOT = Path(__file__).resolve().parents[1]
 KJV = str(ROOT / "configs/lm/kjv.yaml")
 OVERLAYS = sorted((ROOT / "configs/normalizer").glob("*.yaml"))
@@ -23,15 +25,11 @@ def tiny(tmp_path: Path, steps: int = 3) -> list[str]:
         "--data.init_args.eval_batch_size=2", "--data.init_args.tgt_len=16",
         f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
         "--trainer.limit_val_batches=3", "--trainer.limit_test_batches=3",
-        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--model.init_args.max_new_tokens=5",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--model.init_args.max_new_tokens=5", *quiet_trainer_args(tmp_path),
     ]
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.stem for p in OVERLAYS])

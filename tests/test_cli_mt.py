@@ -10,6 +10,8 @@ import sacrebleu
 from mmkit.cli import MMKitCLI, main
 from mmkit.normalizers import NORMALIZERS
 
+from .conftest import quiet_trainer_args
+
 ROOT = Path(__file__).resolve().parents[1]
 NUMBERS = str(ROOT / "configs/mt/numbers_en_de.yaml")
 OVERLAYS = sorted((ROOT / "configs/normalizer").glob("*.yaml"))
@@ -24,15 +26,11 @@ def tiny(tmp_path: Path, steps: int = 3) -> list[str]:
         "--data.init_args.max_number=300", "--model.init_args.beam=2",
         "--model.init_args.max_len_b=3", "--model.init_args.max_len_a=0.5",
         f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
-        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--trainer.num_sanity_val_steps=0",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.num_sanity_val_steps=0", *quiet_trainer_args(tmp_path),
     ]
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("in_tmp")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.stem for p in OVERLAYS])

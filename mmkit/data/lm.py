@@ -19,7 +19,6 @@ targets, in order, so a model's memory carries from one batch to the next.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -27,7 +26,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
 from .corpora import Corpus, load_corpus
-from .tokenizer import TokenizerKind, encode, train_tokenizer
+from .tokenizer import TokenizerKind, encode, run_tokenizer, train_tokenizer
 
 
 class StreamWindows(IterableDataset):
@@ -94,24 +93,6 @@ class TextDataModule(LightningDataModule):
             raise RuntimeError("the tokenizer exists after setup()")
         return self.tokenizer.get_vocab_size()
 
-    def _run_dir(self) -> Path | None:
-        trainer = self.trainer
-        return Path(trainer.log_dir) if trainer is not None and trainer.log_dir else None
-
-    def _load_or_train_tokenizer(self, train_text: str) -> Tokenizer:
-        run_dir = self._run_dir()
-        saved = run_dir / "tokenizer.json" if run_dir else None
-        path = Path(self.tokenizer_path) if self.tokenizer_path else saved
-        if path is not None and path.is_file():
-            return Tokenizer.from_file(str(path))
-        if self.tokenizer_path:
-            raise FileNotFoundError(f"tokenizer_path {self.tokenizer_path} does not exist")
-        tok = train_tokenizer(self.kind, train_text, self.max_vocab)
-        if saved is not None and (self.trainer is None or self.trainer.is_global_zero):
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            tok.save(str(saved))
-        return tok
-
     def setup(self, stage: str | None = None) -> None:
         if self.ids:
             return
@@ -121,7 +102,9 @@ class TextDataModule(LightningDataModule):
         for split, text in texts.items():
             if not text.strip():
                 raise ValueError(f"the {split} split of corpus {self.corpus!r} is empty")
-        self.tokenizer = self._load_or_train_tokenizer(texts["train"])
+        self.tokenizer = run_tokenizer(
+            self.trainer, lambda: train_tokenizer(self.kind, texts["train"], self.max_vocab),
+            self.tokenizer_path)
         self._first_test_line = next(line for line in texts["test"].splitlines() if line.strip())
         for split, text in texts.items():
             ids = encode(self.tokenizer, text)

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -49,3 +51,21 @@ def encode(tok: Tokenizer, text: str) -> torch.Tensor:
         if eos is not None:
             ids.append(eos)
     return torch.tensor(ids, dtype=torch.long)
+
+
+def run_tokenizer(trainer: Any, train: Callable[[], Tokenizer], path: str | None = None) -> Tokenizer:
+    """The run's tokenizer: ``path`` when given; else ``tokenizer.json`` in the trainer's
+    run directory when it exists (a resumed run); else ``train()``, saved there by rank 0."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"tokenizer_path {path} does not exist")
+        return Tokenizer.from_file(path)
+    log_dir = trainer.log_dir if trainer is not None else None
+    saved = Path(log_dir) / "tokenizer.json" if log_dir else None
+    if saved is not None and saved.is_file():
+        return Tokenizer.from_file(str(saved))
+    tok = train()
+    if saved is not None and trainer.is_global_zero:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(str(saved))
+    return tok

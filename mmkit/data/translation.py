@@ -25,7 +25,7 @@ from lightning.pytorch import LightningDataModule
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from .tokenizer import train_tokenizer
+from .tokenizer import run_tokenizer, train_tokenizer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3 = the model's pad/bos/eos defaults
 SPLITS = ("train", "valid", "test")
@@ -129,7 +129,9 @@ class TranslationDataModule(LightningDataModule):
         if not pairs["train"]:
             raise ValueError("the training split has no sentence pairs with both sides non-empty")
         self.pairs = pairs
-        self.tokenizer = self._load_or_train_tokenizer()
+        text = "\n".join(side for pair in pairs["train"] for side in pair)
+        self.tokenizer = run_tokenizer(
+            self.trainer, lambda: train_tokenizer("bpe", text, hp.vocab_size, special_tokens=SPECIALS))
         limit = hp.max_tokens_per_sentence
         for split, split_pairs in pairs.items():
             src = [e.ids[:limit] for e in self.tokenizer.encode_batch([s for s, _ in split_pairs])]
@@ -138,18 +140,6 @@ class TranslationDataModule(LightningDataModule):
             if split == "train":
                 rows = [(s, t) for s, t in rows if len(t) + 1 <= limit]
             self.encoded[split] = rows
-
-    def _load_or_train_tokenizer(self) -> Tokenizer:
-        run_dir = Path(self.trainer.log_dir) if self.trainer is not None and self.trainer.log_dir else None
-        saved = run_dir / "tokenizer.json" if run_dir else None
-        if saved is not None and saved.is_file():
-            return Tokenizer.from_file(str(saved))
-        text = "\n".join(side for pair in self.pairs["train"] for side in pair)
-        tok = train_tokenizer("bpe", text, self.hp.vocab_size, special_tokens=SPECIALS)
-        if saved is not None and self.trainer.is_global_zero:
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            tok.save(str(saved))
-        return tok
 
     def collate(self, rows: list[tuple]) -> dict[str, torch.Tensor]:
         """Pad ``(src, tgt[, index])`` rows into ``src``, ``tgt_in`` (BOS + tgt), ``tgt_out``

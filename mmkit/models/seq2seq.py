@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..nn import KVCache, Mlp, MultiHeadAttention
 from ..normalizers import Normalizer, NormalizerSpec, make_normalizer
+from .sizes import check_positive, check_rates, resolve_size
 from .transformer_xl import sinusoid
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -98,17 +99,10 @@ class Seq2SeqTransformer(nn.Module):
                  normalizer: NormalizerSpec = "softmax", per_head: bool = False,
                  output_normalizer: NormalizerSpec = "softmax") -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown seq2seq preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        size = dict(PRESETS[preset])
-        given = dict(d_model=d_model, ffn_dim=ffn_dim, heads=heads, encoder_layers=encoder_layers,
-                     decoder_layers=decoder_layers)
-        size.update({k: v for k, v in given.items() if v is not None})
-        for name, value in dict(vocab_size=vocab_size, **size).items():
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if not (0 <= dropout < 1 and 0 <= attn_dropout < 1):
-            raise ValueError("dropout and attn_dropout must be in [0, 1)")
+        size = resolve_size("seq2seq", PRESETS, preset, d_model=d_model, ffn_dim=ffn_dim, heads=heads,
+                            encoder_layers=encoder_layers, decoder_layers=decoder_layers)
+        check_positive(vocab_size=vocab_size, **size)
+        check_rates(dropout=dropout, attn_dropout=attn_dropout)
         d = size["d_model"]
         self.vocab_size, self.d_model = vocab_size, d
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..nn import attend
 from ..nn.attention import build_attention_normalizer
 from ..normalizers import Normalizer, NormalizerSpec, make_normalizer
+from .sizes import check_positive, check_rates, resolve_size
 
 PRESETS: dict[str, dict[str, int]] = {
     "test": dict(n_layer=2, d_model=32, n_head=2, d_head=16, d_inner=64, tgt_len=16, mem_len=16),
@@ -136,19 +137,11 @@ class TransformerXL(nn.Module):
         output_normalizer: NormalizerSpec = "softmax",
     ) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown Transformer-XL preset {preset!r}; choose one of "
-                             f"{', '.join(PRESETS)}")
-        size = dict(PRESETS[preset])
-        overrides = dict(n_layer=n_layer, d_model=d_model, n_head=n_head, d_head=d_head,
-                         d_inner=d_inner, tgt_len=tgt_len, mem_len=mem_len)
-        size.update({k: v for k, v in overrides.items() if v is not None})
-        for name, value in dict(vocab_size=vocab_size, **size).items():
-            if value < (0 if name == "mem_len" else 1):
-                raise ValueError(f"{name} must be positive, got {value}")
-        for name, value in dict(dropout=dropout, dropatt=dropatt).items():
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        size = resolve_size("Transformer-XL", PRESETS, preset, n_layer=n_layer, d_model=d_model,
+                            n_head=n_head, d_head=d_head, d_inner=d_inner, tgt_len=tgt_len,
+                            mem_len=mem_len)
+        check_positive(("mem_len",), vocab_size=vocab_size, **size)
+        check_rates(dropout=dropout, dropatt=dropatt)
         self.vocab_size, self.d_model = vocab_size, size["d_model"]
         self.n_layer, self.tgt_len, self.mem_len = size["n_layer"], size["tgt_len"], size["mem_len"]
         self.pre_norm = pre_norm

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..nn import Block
 from ..normalizers import Normalizer, NormalizerSpec, make_normalizer
+from .sizes import check_positive, check_rates, resolve_size
 
 #: Width, depth, heads and MLP ratio of the named sizes.
 PRESETS: dict[str, dict[str, float]] = {
@@ -26,18 +27,6 @@ PRESETS: dict[str, dict[str, float]] = {
     "base": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),  # DeiT-B
 }
 Preset = Literal["test", "mini", "tiny", "small", "base"]
-
-
-def _positive(**values: float | None) -> None:
-    for name, value in values.items():
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-
-
-def _rate(**values: float) -> None:
-    for name, value in values.items():
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
 
 
 class VisionTransformer(nn.Module):
@@ -81,16 +70,11 @@ class VisionTransformer(nn.Module):
         output_normalizer: NormalizerSpec = "softmax",
     ) -> None:
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown ViT preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        size = dict(PRESETS[preset])
-        for key, value in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                               mlp_ratio=mlp_ratio).items():
-            if value is not None:
-                size[key] = value
-        _positive(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                  num_classes=num_classes, **size)
-        _rate(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
+        size = resolve_size("ViT", PRESETS, preset, embed_dim=embed_dim, depth=depth,
+                            num_heads=num_heads, mlp_ratio=mlp_ratio)
+        check_positive(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                       num_classes=num_classes, **size)
+        check_rates(drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate)
         if img_size % patch_size:
             raise ValueError(f"img_size ({img_size}) must be divisible by patch_size "
                              f"({patch_size}); e.g. patch_size {_divisor_hint(img_size, patch_size)}")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchmetrics.aggregation import SumMetric
 
 from ..normalizers import Normalizer
+from .checks import check_vocab
 from .optim import param_groups, warmup_cosine
 
 
@@ -68,11 +69,7 @@ class LanguageModeling(LightningModule):
         return self.network.output_normalizer
 
     def setup(self, stage: str) -> None:
-        data_vocab = getattr(self.trainer.datamodule, "vocab_size", None)
-        if isinstance(data_vocab, int) and data_vocab > self.network.vocab_size:
-            raise ValueError(f"the tokenizer has {data_vocab} tokens but the network's vocab_size "
-                             f"is {self.network.vocab_size}; set model.network.init_args.vocab_size "
-                             f">= {data_vocab}")
+        check_vocab(self)
 
     def forward(self, tokens: Tensor, mems: list[Tensor] | None = None):
         return self.network(tokens, mems)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..models.search import beam_search, greedy_decode
+from .checks import check_vocab
 from .optim import param_groups
 
 
@@ -64,11 +65,7 @@ class Translation(LightningModule):
         self._outputs: list[tuple[int, str]] = []
 
     def setup(self, stage: str) -> None:
-        data_vocab = getattr(self.trainer.datamodule, "vocab_size", None)
-        if isinstance(data_vocab, int) and data_vocab > self.network.vocab_size:
-            raise ValueError(f"the tokenizer has {data_vocab} tokens but the network's vocab_size "
-                             f"is {self.network.vocab_size}; set model.network.init_args.vocab_size "
-                             f">= {data_vocab}")
+        check_vocab(self)
 
     def _loss(self, batch: dict[str, Tensor], smoothing: float) -> Tensor:
         logits = self.network(batch["src"], batch["tgt_in"])

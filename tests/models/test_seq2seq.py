@@ -7,7 +7,7 @@ import torch
 from mmkit.models.search import beam_search, greedy_decode
 from mmkit.models.seq2seq import Seq2SeqTransformer
 
-from ..normalizers.conftest import HEADED, VARIANTS
+from ..normalizers.conftest import HEADED, VARIANTS, as_spec
 
 ALL = VARIANTS + HEADED
 
@@ -19,16 +19,9 @@ def model(normalizer="softmax", per_head=False, **kw):
                               **kw).double().eval()
 
 
-def spec(variant):
-    _, name, kw = variant
-    kw = dict(kw)
-    per_head = kw.pop("num_heads", None) is not None
-    return {"name": name, **kw}, per_head
-
-
 @pytest.mark.parametrize("variant", ALL, ids=[v[0] for v in ALL])
 def test_incremental_decoding_equals_full_decoding(variant):
-    normalizer, per_head = spec(variant)
+    normalizer, per_head = as_spec(variant)
     net = model(normalizer, per_head)
     src = torch.randint(3, 40, (2, 7))
     src[1, 5:] = net.pad_id

@@ -6,7 +6,7 @@ import torch
 
 from mmkit.models.transformer_xl import PRESETS, TransformerXL
 
-from ..normalizers.conftest import HEADED, VARIANTS
+from ..normalizers.conftest import HEADED, VARIANTS, as_spec
 
 ALL = VARIANTS + HEADED
 
@@ -16,16 +16,9 @@ def model(normalizer="softmax", **kw):
     return TransformerXL(50, "test", normalizer=normalizer, **kw).double().eval()
 
 
-def spec(variant):
-    _, name, kw = variant
-    kw = dict(kw)
-    per_head = kw.pop("num_heads", None) is not None
-    return {"name": name, **kw}, per_head
-
-
 @pytest.mark.parametrize("variant", ALL, ids=[v[0] for v in ALL])
 def test_memory_equals_full_context(variant):
-    normalizer, per_head = spec(variant)
+    normalizer, per_head = as_spec(variant)
     net = model(normalizer, per_head=per_head, heads3=True, mem_len=8, pre_norm=per_head)
     tokens = torch.randint(0, 50, (2, 16))
     full, _ = net(tokens)
@@ -45,7 +38,7 @@ def test_memory_is_truncated_to_mem_len_and_detached():
 
 @pytest.mark.parametrize("variant", ALL, ids=[v[0] for v in ALL])
 def test_logits_at_t_ignore_later_tokens(variant):
-    normalizer, per_head = spec(variant)
+    normalizer, per_head = as_spec(variant)
     net = model(normalizer, per_head=per_head, heads3=True)
     tokens = torch.randint(0, 50, (2, 12))
     changed = tokens.clone()

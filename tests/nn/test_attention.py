@@ -7,7 +7,7 @@ import torch
 from mmkit.nn import MultiHeadAttention, attend, causal_mask, padding_mask
 from mmkit.normalizers import SoftMax
 
-from ..normalizers.conftest import HEADED, VARIANTS, make
+from ..normalizers.conftest import HEADED, VARIANTS, as_spec, make
 
 ALL = VARIANTS + HEADED
 IDS = [v[0] for v in ALL]
@@ -101,10 +101,7 @@ def test_fully_padded_rows_give_zeros_and_finite_gradients(variant):
 
 @pytest.mark.parametrize("variant", ALL, ids=IDS)
 def test_every_parameter_of_multi_head_attention_gets_a_gradient(variant):
-    _, name, kw = variant
-    kw = dict(kw)
-    per_head = kw.pop("num_heads", None) is not None
-    spec = {"name": name, **kw}
+    spec, per_head = as_spec(variant)
     mha = MultiHeadAttention(12, H, spec, per_head=per_head).double()
     x, ctx = torch.randn(2, 5, 12, dtype=torch.float64), torch.randn(2, 7, 12, dtype=torch.float64)
     before = set(vars(mha))

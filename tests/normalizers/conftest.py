@@ -38,3 +38,11 @@ def variant(request):
 @pytest.fixture(params=VARIANTS + HEADED, ids=[v[0] for v in VARIANTS + HEADED])
 def any_variant(request):
     return request.param
+
+
+def as_spec(variant):
+    """A variant as a model would take it: ``(NormalizerSpec dict, per_head)``."""
+    _, name, kwargs = variant
+    kwargs = dict(kwargs)
+    per_head = kwargs.pop("num_heads", None) is not None
+    return {"name": name, **kwargs}, per_head
