@@ -3,6 +3,9 @@
 - ``mmkit fit|validate|test|predict -c configs/vit/mnist.yaml [-c configs/normalizer/multimax.yaml]
   [--model.network.normalizer entmax15] [--ckpt_path last]``: Lightning's CLI over the
   mmkit tasks and data modules.
+- ``mmkit ablate -c configs/ablation/quick.yaml``: a normalizer × seed × config grid,
+  each cell a full fit then test, reported as a CSV, a table and a plot
+  (:mod:`mmkit.ablation`).
 - ``mmkit demo``: every normalizer on the paper's Figure 1 input.
 
 User errors (a bad value, a missing file) end with one line on stderr and exit
@@ -16,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -29,8 +32,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
                "init_args": {"save_dir": "runs", "name": "mmkit"}},
 }
 DESCRIPTION = ("mmkit: train and evaluate models with a pluggable attention/output normalizer "
-               "(softmax, sparsemax, entmax15, entmax, multimax). `mmkit demo` prints every "
-               "normalizer on the MultiMax paper's Figure 1 input.")
+               "(softmax, sparsemax, entmax15, entmax, multimax). `mmkit ablate -c <grid.yaml>` runs "
+               "a normalizer x seed grid; `mmkit demo` prints every normalizer on the MultiMax "
+               "paper's Figure 1 input.")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
@@ -96,15 +100,24 @@ def _demo() -> int:
     return 0
 
 
+def _ablate(argv: list[str]) -> int:
+    from .ablation.command import main as ablate_main
+
+    return ablate_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    if (sys.argv[1:] if argv is None else argv)[:1] == ["demo"]:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["demo"]:
         return _demo()
     try:
+        if args[:1] == ["ablate"]:
+            return _ablate(args[1:])
         MMKitCLI(args=argv)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, ArgumentError) as err:
         if os.environ.get("MMKIT_DEBUG"):
             raise
-        while isinstance(err.__cause__, USER_ERRORS):  # jsonargparse wraps ours; unwrap
+        while isinstance(err.__cause__, (*USER_ERRORS, ArgumentError)):  # jsonargparse wraps ours; unwrap
             err = err.__cause__
         message = " ".join(str(err).split()) or type(err).__name__
         sys.stderr.write(f"mmkit: error: {message} (set MMKIT_DEBUG=1 for the traceback)\n")

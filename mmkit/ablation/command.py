@@ -1,0 +1,171 @@
+"""``mmkit ablate``: run a normalizer × seed × config grid and report it.
+
+    mmkit ablate -c configs/ablation/quick.yaml
+    mmkit ablate -c configs/ablation/quick.yaml --seeds [0,1,2] --jobs 2 --devices [0,1]
+    mmkit ablate -c configs/ablation/quick.yaml --slurm true --dry_run true
+    mmkit ablate -c configs/ablation/quick.yaml --cell quick_mnist-multimax-s0
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+from rich.console import Console
+from rich.markup import escape
+
+from . import report, slurm
+from .grid import AblationSpec, Cell, write_text_atomic
+from .runner import CellFailed, is_running_elsewhere, run_in_process, run_parallel
+
+SPEC_HELP = {
+    "configs": "base mmkit configs (one per task), e.g. [configs/vit/mnist.yaml]",
+    "normalizers": "registry names (overlays in normalizer_dir) or overlay YAML paths",
+    "seeds": "seeds; each is --seed_everything of one cell",
+    "name": "the grid's name: outputs go to <output_dir>/<name>",
+    "output_dir": "where grids are written",
+    "normalizer_dir": "where <name>.yaml normalizer overlays are looked up",
+    "args": "extra mmkit fit/test arguments for every cell, e.g. ['--trainer.max_epochs=3']",
+    "metrics": "metrics of the table (default: every test/* metric logged)",
+    "test_ckpt": "test the monitored 'best' checkpoint or the 'last' one",
+    "jobs": "cells run at once (each in its own process when > 1)",
+    "devices": "CUDA devices handed to parallel cells in turn, e.g. ['0', '1']",
+}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mmkit ablate", description=__doc__.split("\n")[0],
+                            exit_on_error=False)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="an ablation YAML")
+    hints = get_type_hints(AblationSpec)
+    for f in fields(AblationSpec):
+        kwargs: dict[str, Any] = {"type": hints[f.name], "help": SPEC_HELP[f.name]}
+        if f.default is not MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not MISSING:
+            kwargs["default"] = f.default_factory()
+        else:
+            kwargs["required"] = True
+        parser.add_argument(f"--{f.name}", **kwargs)
+    parser.add_argument("--cell", type=str | None, default=None,
+                        help="run only this cell (its id or index) and write no report")
+    parser.add_argument("--slurm", type=bool, default=False, help="submit the cells as a SLURM job array")
+    parser.add_argument("--dry_run", type=bool, default=False, help="with --slurm: print, do not submit")
+    parser.add_argument("--sbatch", type=list[str], default=[],
+                        help="extra #SBATCH options, e.g. ['--gres=gpu:1', '--time=04:00:00']")
+    parser.add_argument("--progress_bar", type=bool, default=True, help="Lightning's progress bar per cell")
+    return parser
+
+
+def parse(argv: list[str]) -> tuple[AblationSpec, Any]:
+    cfg = build_parser().parse_args(argv)
+    spec = AblationSpec(**{f.name: cfg[f.name] for f in fields(AblationSpec)})
+    if not cfg.progress_bar:
+        spec.args = [*spec.args, "--trainer.enable_progress_bar=false"]
+    return spec, cfg
+
+
+def save_grid(spec: AblationSpec) -> Path:
+    path = spec.root / "ablation.yaml"
+    write_text_atomic(path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return path
+
+
+def find_cell(cells: list[Cell], key: str) -> Cell:
+    if key.isdigit() and int(key) < len(cells):
+        return cells[int(key)]
+    for cell in cells:
+        if cell.id == key:
+            return cell
+    raise ValueError(f"no cell {key!r}: give an index 0..{len(cells) - 1} or one of "
+                     f"{[c.id for c in cells]}")
+
+
+def main(argv: list[str]) -> int:
+    spec, cfg = parse(argv)
+    console = Console(highlight=False, soft_wrap=True)
+    cells = spec.cells()
+    if cfg.cell is not None:  # one cell, in this process (SLURM array tasks, parallel workers)
+        cell = find_cell(cells, cfg.cell)
+        if cell.status()["state"] == "done":
+            console.print(f"{cell.id}: already done")
+            return 0
+        try:
+            run_in_process(cell)
+        except CellFailed as err:
+            console.print(f"[red]{err}[/red]")
+            return 1
+        return 0
+    grid_yaml = save_grid(spec)
+    todo = [c for c in cells if c.status()["state"] != "done" and not is_running_elsewhere(c)]
+    busy = [c for c in cells if is_running_elsewhere(c)]
+    console.print(f"ablation [bold]{spec.name}[/bold]: {len(cells)} cells "
+                  f"({len(cells) - len(todo) - len(busy)} done, {len(busy)} running elsewhere, "
+                  f"{len(todo)} to run) -> {spec.root}")
+    if cfg.slurm:
+        out = slurm.submit(spec, grid_yaml, [cells.index(c) for c in todo], cfg.sbatch, cfg.dry_run)
+        console.print(("would run: " if cfg.dry_run else "submitted: ") + out)
+        console.print(f"when the array is done, rerun `mmkit ablate -c {grid_yaml}` for the table and plot")
+        return 0
+    failed = run_cells(spec, todo, grid_yaml, console)
+    rows = [c.result() for c in cells if c.status()["state"] == "done"]
+    paths = report.write_reports(spec, [r for r in rows if r])
+    if rows:
+        console.print()
+        console.print(paths["table"].read_text(), markup=False)
+    console.print(f"results: {paths['csv']}\ntable:   {paths['table']}\nplot:    {paths['plot']}")
+    for cell in failed:
+        status = cell.status()
+        console.print(f"[red]failed[/red] {cell.id}: {status.get('error')} (see {status.get('log', cell.dir)}); "
+                      "rerun the same command to retry it")
+    return 1 if failed else 0
+
+
+def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Console) -> list[Cell]:
+    """Run ``todo``; returns the cells that failed. Ctrl-C stops the grid (exit 130)."""
+    failed: list[Cell] = []
+    count = {"started": 0}
+
+    def on_start(cell: Cell, device: str | None) -> None:
+        count["started"] += 1
+        where = f" on device {device}" if device is not None else ""
+        console.rule(escape(f"[{count['started']}/{len(todo)}] {cell.id}{where} "
+                            f"({len(todo) - count['started']} left after this)"))
+
+    def on_end(cell: Cell, result: dict[str, Any] | None, err: CellFailed | None) -> None:
+        if err is not None:
+            failed.append(cell)
+            console.print(f"[red]{cell.id} failed[/red]: {err}")
+            return
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith("test/"))
+        console.print(f"{cell.id} done in {result['wall_s']:.0f} s: {shown}")
+
+    if spec.jobs > 1:
+        run_parallel(todo, grid_yaml, spec.jobs, spec.devices, on_start, on_end)
+        return failed
+    interrupted = {"flag": False}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):  # Lightning turns Ctrl-C into SystemExit; remember it was us
+        interrupted["flag"] = True
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        for cell in todo:
+            on_start(cell, None)
+            try:
+                on_end(cell, run_in_process(cell), None)
+            except CellFailed as err:
+                if interrupted["flag"]:
+                    console.print(f"interrupted during {cell.id}; rerun to continue")
+                    sys.exit(130)
+                on_end(cell, None, err)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return failed

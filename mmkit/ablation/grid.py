@@ -1,0 +1,164 @@
+"""The ablation grid: base configs × normalizers × seeds, and where each cell lives.
+
+A cell is one ``mmkit fit`` followed by one ``mmkit test`` of
+``-c <base config> -c <normalizer overlay> --seed_everything <seed>``, with the
+logger and checkpoints redirected into the cell's own directory::
+
+    <output_dir>/<name>/
+        ablation.yaml            the resolved grid (cells and SLURM tasks re-read it)
+        results.csv / .md / .png
+        cells/<config>-<normalizer>-s<seed>/
+            status.json          pending | running | done | failed (+ error, times)
+            result.json          the cell's metrics, once done
+            run/metrics.csv      the CSV log of fit and test
+            checkpoints/         best and last.ckpt
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ALL_NORMALIZERS = ["softmax", "sparsemax", "entmax15", "entmax", "multimax"]
+CELL_STATES = ("pending", "running", "done", "failed")
+
+
+@dataclass
+class AblationSpec:
+    """What to run. Every field is a key of the ablation YAML (and a ``--flag``)."""
+
+    configs: list[str]
+    normalizers: list[str] = field(default_factory=lambda: list(ALL_NORMALIZERS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    name: str = "ablation"
+    output_dir: str = "runs/ablation"
+    normalizer_dir: str = "configs/normalizer"
+    args: list[str] = field(default_factory=list)
+    metrics: list[str] | None = None
+    test_ckpt: str = "best"
+    jobs: int = 1
+    devices: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.configs:
+            raise ValueError("the ablation needs at least one base config in `configs`")
+        if not self.normalizers or not self.seeds:
+            raise ValueError("`normalizers` and `seeds` must each list at least one entry")
+        if self.test_ckpt not in ("best", "last"):
+            raise ValueError(f"test_ckpt must be 'best' or 'last', got {self.test_ckpt!r}")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if not re.fullmatch(r"[\w.-]+", self.name):
+            raise ValueError(f"name {self.name!r} must be a plain directory name (letters, digits, . _ -)")
+        for path in self.configs:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"base config {path!r} does not exist")
+        self.overlays  # noqa: B018  (resolve now: unknown normalizers fail before any cell runs)
+        if len({c.id for c in self.cells()}) != len(self.cells()):
+            raise ValueError("two cells would share a directory: base configs and normalizers need "
+                             "distinct file names, and seeds must not repeat")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    @property
+    def overlays(self) -> dict[str, str]:
+        """Normalizer label -> overlay YAML (a registry name is looked up in ``normalizer_dir``)."""
+        found = {}
+        for entry in self.normalizers:
+            path = Path(entry)
+            if path.suffix not in (".yaml", ".yml"):
+                path = Path(self.normalizer_dir) / f"{entry}.yaml"
+            if not path.is_file():
+                known = sorted(p.stem for p in Path(self.normalizer_dir).glob("*.yaml"))
+                raise ValueError(f"no normalizer overlay {str(path)!r} for {entry!r}; give a YAML path "
+                                 f"or one of {known} (from {self.normalizer_dir})")
+            found[path.stem] = str(path)
+        return found
+
+    def cells(self) -> list[Cell]:
+        """Every cell, in a stable order: config, then normalizer, then seed."""
+        return [Cell(self, config, label, overlay, seed)
+                for config in self.configs
+                for label, overlay in self.overlays.items()
+                for seed in self.seeds]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class Cell:
+    """One run of the grid."""
+
+    spec: AblationSpec
+    config: str
+    normalizer: str
+    overlay: str
+    seed: int
+
+    @property
+    def task(self) -> str:
+        return Path(self.config).stem
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}-{self.normalizer}-s{self.seed}"
+
+    @property
+    def dir(self) -> Path:
+        return self.spec.root / "cells" / self.id
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.dir / "run" / "metrics.csv"
+
+    def cli_args(self) -> list[str]:
+        """The arguments after ``mmkit fit`` / ``mmkit test`` for this cell."""
+        logger = {"class_path": "mmkit.loggers.CSVLogger",
+                  "init_args": {"save_dir": str(self.dir), "name": "", "version": "run"}}
+        return ["-c", self.config, "-c", self.overlay, f"--seed_everything={self.seed}",
+                f"--trainer.logger={json.dumps(logger)}", f"--checkpoint.dirpath={self.ckpt_dir}",
+                "--trainer.enable_model_summary=false", *self.spec.args]
+
+    # ---- status -------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        path = self.dir / "status.json"
+        if not path.is_file():
+            return {"state": "pending"}
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {"state": "failed", "error": f"unreadable {path}"}
+
+    def set_status(self, state: str, **info: Any) -> None:
+        assert state in CELL_STATES
+        write_json_atomic(self.dir / "status.json", {"state": state, **info})
+
+    def result(self) -> dict[str, Any] | None:
+        path = self.dir / "result.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,156 @@
+"""``mmkit ablate``: outputs, skipping and retrying, failures, SLURM dry run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mmkit.ablation import AblationSpec
+from mmkit.ablation.report import summary_table
+from mmkit.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2", "--trainer.log_every_n_steps=1",
+        "--model.init_args.network.init_args.preset=test", "--data.init_args.batch_size=16"]
+
+
+def grid_yaml(tmp_path: Path, normalizers: list[str], seeds: list[int], args=TINY, **extra) -> Path:
+    spec = {"name": "tiny", "output_dir": str(tmp_path / "out"),
+            "configs": [str(REPO / "configs/vit/mnist.yaml")], "normalizers": normalizers,
+            "seeds": seeds, "normalizer_dir": str(REPO / "configs/normalizer"),
+            "args": [*args, "--trainer.enable_progress_bar=false"], **extra}
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_grid_writes_csv_table_and_plot(tmp_path, capsys):
+    assert main(["ablate", "-c", str(grid_yaml(tmp_path, ["softmax", "multimax"], [0, 1]))]) == 0
+    root = tmp_path / "out" / "tiny"
+    rows = read_rows(root / "results.csv")
+    assert sorted((r["normalizer"], r["seed"]) for r in rows) == [
+        ("multimax", "0"), ("multimax", "1"), ("softmax", "0"), ("softmax", "1")]
+    for row in rows:
+        assert 0.0 <= float(row["test/acc1"]) <= 1.0 and float(row["wall_s"]) > 0
+        assert Path(row["ckpt"]).is_file() and row["config"].endswith("mnist.yaml")
+    # the table's mean ± std is the mean and std of the CSV rows
+    table = (root / "results.md").read_text()
+    soft = [float(r["test/acc1"]) for r in rows if r["normalizer"] == "softmax"]
+    mean = sum(soft) / 2
+    std = abs(soft[0] - soft[1]) / 2 ** 0.5
+    assert f"{mean:.4g} ± {std:.4g}" in table.splitlines()[2]
+    assert table.count("**") >= 2  # a best entry per column
+    png = root / "results.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    out = capsys.readouterr().out
+    assert "results.csv" in out and "| softmax |" in out and "[4/4]" in out
+
+
+def test_rerun_skips_done_cells_and_retries_a_killed_one(tmp_path):
+    """SIGKILL the grid while its second cell runs; the rerun keeps the first cell's
+    result untouched and runs the second one again."""
+    cfg = grid_yaml(tmp_path, ["softmax", "multimax"], [0],
+                    args=[a.replace("max_epochs=1", "max_epochs=3") for a in TINY])
+    cells = tmp_path / "out" / "tiny" / "cells"
+    proc = subprocess.Popen([sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    status = cells / "mnist-multimax-s0" / "status.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if status.is_file() and json.loads(status.read_text())["state"] == "running":
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the grid finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = cells / "mnist-softmax-s0" / "result.json"
+    kept = first.read_text()
+    assert json.loads(status.read_text())["state"] == "running"  # killed mid-cell
+    assert not (cells / "mnist-multimax-s0" / "result.json").exists()
+
+    done = subprocess.run([sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(cfg)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 done" in done.stdout and "1 to run" in done.stdout
+    assert first.read_text() == kept
+    assert json.loads(status.read_text())["state"] == "done"
+    assert len(read_rows(tmp_path / "out" / "tiny" / "results.csv")) == 2
+
+
+def test_a_failing_cell_keeps_the_others_and_is_retried(tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"  # fails when the model is built, after the grid started
+    bad.write_text("model:\n  init_args:\n    network:\n      init_args:\n"
+                   "        normalizer: {name: multimax, order: 0}\n")
+    cfg = grid_yaml(tmp_path, ["softmax", str(bad)], [0])
+    assert main(["ablate", "-c", str(cfg)]) == 1
+    root = tmp_path / "out" / "tiny"
+    assert [r["normalizer"] for r in read_rows(root / "results.csv")] == ["softmax"]
+    status = json.loads((root / "cells" / "mnist-broken-s0" / "status.json").read_text())
+    assert status["state"] == "failed" and "order must be >= 1" in status["error"]
+    assert "failed mnist-broken-s0" in " ".join(capsys.readouterr().out.split())
+    done_before = (root / "cells" / "mnist-softmax-s0" / "result.json").stat().st_mtime_ns
+    assert main(["ablate", "-c", str(cfg)]) == 1  # retried (and fails again); softmax skipped
+    assert "1 done" in capsys.readouterr().out
+    assert (root / "cells" / "mnist-softmax-s0" / "result.json").stat().st_mtime_ns == done_before
+
+
+def test_slurm_dry_run_prints_sbatch_and_writes_the_array_script(tmp_path, capsys):
+    cfg = grid_yaml(tmp_path, ["softmax", "sparsemax", "multimax"], [0, 1])
+    assert main(["ablate", "-c", str(cfg), "--slurm=true", "--dry_run=true",
+                 "--sbatch=[--gres=gpu:1,--time=01:00:00]"]) == 0
+    script = tmp_path / "out" / "tiny" / "slurm" / "array.sbatch"
+    assert f"would run: sbatch {script}" in " ".join(capsys.readouterr().out.split())
+    text = script.read_text()
+    assert "#SBATCH --array=0,1,2,3,4,5" in text and "#SBATCH --gres=gpu:1" in text
+    assert '--cell "$SLURM_ARRAY_TASK_ID"' in text and "ablation.yaml" in text
+    assert not (tmp_path / "out" / "tiny" / "cells").exists()  # nothing ran
+
+
+def test_cell_option_runs_one_cell(tmp_path):
+    cfg = grid_yaml(tmp_path, ["softmax", "multimax"], [0])
+    assert main(["ablate", "-c", str(cfg), "--cell=1"]) == 0
+    cells = tmp_path / "out" / "tiny" / "cells"
+    assert json.loads((cells / "mnist-multimax-s0" / "status.json").read_text())["state"] == "done"
+    assert not (cells / "mnist-softmax-s0").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--normalizers=[softmax,nosuchmax]"], "no normalizer overlay"),
+    (["--configs=[missing.yaml]"], "does not exist"),
+    (["--seeds=[]"], "at least one entry"),
+    (["--jobs=0"], "jobs must be >= 1"),
+    (["--test_ckpt=first"], "test_ckpt"),
+    (["--cell=99"], "no cell '99'"),
+])
+def test_bad_grids_fail_with_one_line(tmp_path, capsys, args, message):
+    cfg = grid_yaml(tmp_path, ["softmax"], [0])
+    assert main(["ablate", "-c", str(cfg), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmkit: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out" / "tiny" / "results.csv").exists()
+
+
+def test_summary_table_marks_the_best_in_each_direction(tmp_path):
+    spec = AblationSpec(configs=[str(REPO / "configs/vit/mnist.yaml")], normalizers=["softmax", "multimax"],
+                        normalizer_dir=str(REPO / "configs/normalizer"), metrics=["test/acc1", "test/loss"])
+    rows = [{"config": "a/mnist.yaml", "normalizer": n, "seed": s, "test/acc1": acc, "test/loss": loss}
+            for n, s, acc, loss in [("softmax", 0, 0.9, 0.5), ("softmax", 1, 0.8, 0.7),
+                                    ("multimax", 0, 0.95, 0.6), ("multimax", 1, 0.85, 0.8)]]
+    lines = summary_table(spec, rows).splitlines()
+    assert lines[0] == "| normalizer | mnist test/acc1 ↑ | mnist test/loss ↓ |"
+    assert lines[2] == "| softmax | 0.85 ± 0.07071 | **0.6 ± 0.1414** |"
+    assert lines[3] == "| multimax | **0.9 ± 0.07071** | 0.7 ± 0.1414 |"
