@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ._sparse import apply_mask, scaled_shifted, to_rows, topk_threshold
+from ._triton_sparse import triton_entmax_bisect, use_triton
 from .base import Normalizer, check_dim, check_mask, compute_dtype, no_autocast, per_head_view
 from .losses import fenchel_young_loss
 
@@ -90,7 +91,13 @@ class _EntmaxFn(torch.autograd.Function):
 def entmax_bisect(scores: Tensor, alpha: Tensor | float = 1.5, mask: Tensor | None = None,
                   dim: int = -1, max_iter: int = 50) -> Tensor:
     """α-entmax along ``dim``; ``alpha`` a float or a tensor broadcastable to ``scores``
-    that is constant along ``dim`` (e.g. ``[H, 1, 1]`` per head)."""
+    that is constant along ``dim`` (e.g. ``[H, 1, 1]`` per head).
+
+    CUDA inputs run the Triton kernels of :mod:`._triton_sparse`, which bisect a fixed
+    number of steps to fp32 precision and ignore ``max_iter``; the rest the torch path.
+    """
+    if use_triton(scores, dim):
+        return triton_entmax_bisect(scores, alpha, mask, dim)
     dim = check_dim(scores, dim)
     mask = check_mask(scores, mask)
     with no_autocast(scores):
