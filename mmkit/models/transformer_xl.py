@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from ..nn import attend
 from ..nn.attention import build_attention_normalizer
+from ..nn.lm_head import DEFAULT_CHUNK_SIZE, fused_linear_cross_entropy, supports_fused_head
 from ..normalizers import Normalizer, NormalizerSpec, make_normalizer
 from .sizes import check_positive, check_rates, resolve_size
 
@@ -114,6 +116,10 @@ class TransformerXL(nn.Module):
         normalizer: the attention normalizer (name, class path or dict).
         per_head: per-head normalizer parameters.
         output_normalizer: the normalizer of the LM head and its loss.
+        fused_head: train with the fused, chunked head + loss (:meth:`head_loss`), which
+            never holds the ``[B·T, V]`` logits; same loss and gradients. Needs a SoftMax or
+            shared MultiMax ``output_normalizer`` (otherwise the unfused loss is used).
+        head_chunk_size: tokens per chunk of the fused head.
     """
 
     def __init__(
@@ -135,12 +141,14 @@ class TransformerXL(nn.Module):
         normalizer: NormalizerSpec = "softmax",
         per_head: bool = False,
         output_normalizer: NormalizerSpec = "softmax",
+        fused_head: bool = False,
+        head_chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         super().__init__()
         size = resolve_size("Transformer-XL", PRESETS, preset, n_layer=n_layer, d_model=d_model,
                             n_head=n_head, d_head=d_head, d_inner=d_inner, tgt_len=tgt_len,
                             mem_len=mem_len)
-        check_positive(("mem_len",), vocab_size=vocab_size, **size)
+        check_positive(("mem_len",), vocab_size=vocab_size, head_chunk_size=head_chunk_size, **size)
         check_rates(dropout=dropout, dropatt=dropatt)
         self.vocab_size, self.d_model = vocab_size, size["d_model"]
         self.n_layer, self.tgt_len, self.mem_len = size["n_layer"], size["tgt_len"], size["mem_len"]
@@ -157,6 +165,11 @@ class TransformerXL(nn.Module):
         if tie_weights:
             self.head.weight = self.embed.weight
         self.output_normalizer: Normalizer = make_normalizer(output_normalizer)
+        self.fused_head, self.head_chunk_size = fused_head, head_chunk_size
+        if fused_head and not supports_fused_head(self.output_normalizer):
+            warnings.warn(f"fused_head needs a SoftMax or shared MultiMax output normalizer; "
+                          f"{type(self.output_normalizer).__name__} trains with the unfused loss",
+                          stacklevel=2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -172,6 +185,28 @@ class TransformerXL(nn.Module):
         return {"u", "v"}
 
     def forward(self, tokens: Tensor, mems: Mems | None = None) -> tuple[Tensor, Mems]:
+        hidden, new_mems = self.forward_hidden(tokens, mems)
+        return self.head(hidden), new_mems  # [B, T, V]
+
+    @property
+    def uses_fused_head(self) -> bool:
+        """``True`` when :meth:`head_loss` is the fused head (``fused_head`` and a supported
+        output normalizer)."""
+        return self.fused_head and supports_fused_head(self.output_normalizer)
+
+    def head_loss(self, hidden: Tensor, targets: Tensor, *, label_smoothing: float = 0.0) -> Tensor:
+        """The output normalizer's mean loss of ``hidden`` ``[B, T, C]`` (from
+        :meth:`forward_hidden`) against ``targets`` ``[B, T]``; fused and chunked when
+        :attr:`uses_fused_head`, else through the full logits."""
+        if not self.uses_fused_head:
+            return self.output_normalizer.loss(self.head(hidden), targets, label_smoothing=label_smoothing)
+        return fused_linear_cross_entropy(hidden, self.head.weight, self.head.bias, targets,
+                                          self.output_normalizer, chunk_size=self.head_chunk_size,
+                                          label_smoothing=label_smoothing)
+
+    def forward_hidden(self, tokens: Tensor, mems: Mems | None = None) -> tuple[Tensor, Mems]:
+        """``(hidden [B, T, C], new_mems)``: the states the head reads (after the final
+        norm and dropout), so ``forward`` is ``head(hidden)``."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [B, T] ids, got shape {tuple(tokens.shape)}")
         if mems is not None and len(mems) != self.n_layer:
@@ -185,8 +220,7 @@ class TransformerXL(nn.Module):
         for i, (attn, ff) in enumerate(zip(self.attn, self.ff)):
             hidden.append(h)
             h = ff(attn(h, None if mems is None else mems[i], pos))
-        logits = self.head(self.drop(self.final_norm(h)))  # [B, T, V]
-        return logits, self._update(mems, hidden)
+        return self.drop(self.final_norm(h)), self._update(mems, hidden)  # [B, T, C]
 
     @torch.no_grad()
     def _update(self, mems: Mems | None, hidden: list[Tensor]) -> Mems:

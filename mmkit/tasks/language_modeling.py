@@ -5,7 +5,10 @@
   windows of parallel streams, and it is reset at every epoch start and before each
   validation or test pass. On resume the memory restarts empty.
 - **Loss.** The output normalizer's own loss (CE on σ(logits) for MultiMax,
-  Fenchel-Young for the sparse ones).
+  Fenchel-Young for the sparse ones). When the network has ``fused_head`` on and the
+  output normalizer is SoftMax or a shared MultiMax, training uses the fused chunked
+  head (``network.forward_hidden`` + ``network.head_loss``): same loss and gradients,
+  no ``[B·T, V]`` logits. Validation and test keep the full logits (per-token NLL).
 - **Metrics.** Over the whole validation/test stream with memory:
   ``ppl = exp(Σ NLL / tokens)`` and bits per byte ``Σ NLL / ln 2 / bytes``, where bytes
   are the evaluated tokens times the split's bytes per token. The NLL is the
@@ -25,6 +28,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.aggregation import SumMetric
 
+from ..nn.lm_head import supports_fused_head
 from ..normalizers import Normalizer
 from .checks import check_vocab
 from .optim import param_groups, warmup_cosine
@@ -68,6 +72,13 @@ class LanguageModeling(LightningModule):
     def output_normalizer(self) -> Normalizer:
         return self.network.output_normalizer
 
+    @property
+    def fused_training_loss(self) -> bool:
+        """``True`` when training uses the network's fused head (its ``fused_head`` is on
+        and the output normalizer supports it)."""
+        fused = bool(getattr(self.network, "fused_head", False))
+        return fused and supports_fused_head(self.output_normalizer)
+
     def setup(self, stage: str) -> None:
         check_vocab(self)
 
@@ -85,9 +96,13 @@ class LanguageModeling(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         tokens, targets = batch
-        logits, self.mems["train"] = self(tokens, self.mems["train"])
-        loss = self.output_normalizer.loss(logits, targets,
-                                           label_smoothing=self.hparams.label_smoothing)
+        smoothing = self.hparams.label_smoothing
+        if self.fused_training_loss:
+            hidden, self.mems["train"] = self.network.forward_hidden(tokens, self.mems["train"])
+            loss = self.network.head_loss(hidden, targets, label_smoothing=smoothing)
+        else:
+            logits, self.mems["train"] = self(tokens, self.mems["train"])
+            loss = self.output_normalizer.loss(logits, targets, label_smoothing=smoothing)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
