@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmkit.ablation.command import parse as parse_grid
 from mmkit.cli import MMKitCLI, main
 from mmkit.normalizers import NORMALIZERS
 
 from .conftest import quiet_trainer_args
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "ablation")
+GRIDS = sorted((ROOT / "configs/ablation").glob("*.yaml"))
 MNIST = str(ROOT / "configs/vit/mnist.yaml")
 OVERLAYS = sorted((ROOT / "configs/normalizer").glob("*.yaml"))
 
@@ -41,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("in_tmp")
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
 def test_every_shipped_config_parses_and_instantiates(path):
-    files = [MNIST, str(path)] if path.parent.name == "normalizer" else [str(path)]
+    files = [MNIST, str(path)] if path.parent.name in ("normalizer", "callbacks") else [str(path)]
     # The WikiText-103 LMs (up to 500M parameters) are built on the meta device: fast, no memory.
     with torch.device("meta") if "wt103" in path.name else contextlib.nullcontext():
         cli = MMKitCLI(args=[arg for f in files for arg in ("-c", f)], run=False)
@@ -49,6 +51,16 @@ def test_every_shipped_config_parses_and_instantiates(path):
     if path.parent.name == "normalizer":
         attn = cli.model.network.blocks[0].attn.normalizer
         assert type(attn) is NORMALIZERS[path.stem]
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=[p.name for p in GRIDS])
+def test_every_shipped_ablation_grid_builds_each_cell(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # grids name their configs relative to the repository
+    spec, _ = parse_grid(["-c", str(path)])
+    for cell in spec.cells():
+        cli = MMKitCLI(args=[a for a in cell.cli_args() if not a.startswith("--trainer.logger")], run=False)
+        assert type(cli.model.network.blocks[0].attn.normalizer).__name__.lower().startswith(
+            cell.normalizer.rstrip("0123456789"))
 
 
 def test_overlays_cover_the_main_normalizers():

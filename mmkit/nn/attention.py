@@ -13,10 +13,18 @@ Dispatch (fastest correct path first):
 
 ``need_weights=True`` always takes the materialized path and also returns the
 probabilities; nothing is ever stored on a module.
+
+:func:`capture_attention` lets analysis code (e.g. the attention-statistics
+callback) see every call's scores and probabilities: while it is active, ``attend``
+takes the materialized path and hands them to a function. Inactive, it costs one
+``ContextVar`` lookup per call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +34,29 @@ from torch import Tensor, nn
 from ..normalizers import MultiMax, Normalizer, NormalizerSpec, SoftMax, make_normalizer
 from . import kernels
 from .masks import merge_masks
+
+#: ``fn(normalizer, scores, probs, keep)`` with detached ``scores`` and ``probs``
+#: ``[B, H, Nq, Nk]`` (scores after scale and bias, before the normalizer) and the
+#: bool keep-mask (broadcastable to them, True = attend) or ``None``.
+CaptureFn = Callable[[Normalizer, Tensor, Tensor, "Tensor | None"], None]
+_CAPTURE: ContextVar[tuple[CaptureFn, ...]] = ContextVar("mmkit_attention_capture", default=())
+
+
+@contextmanager
+def capture_attention(fn: CaptureFn) -> Iterator[None]:
+    """While active, every :func:`attend` call takes the materialized path and calls
+    ``fn(normalizer, scores, probs, keep)`` (see :data:`CaptureFn`).
+
+    Outputs are unchanged up to floating-point rounding (SoftMax leaves SDPA; MultiMax
+    leaves its fused kernel). Nothing is stored on modules; the active functions live
+    in a ``ContextVar``, so a capture in one thread does not see other threads' calls.
+    Captures nest: every active ``fn`` is called, innermost last.
+    """
+    token = _CAPTURE.set((*_CAPTURE.get(), fn))
+    try:
+        yield
+    finally:
+        _CAPTURE.reset(token)
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> None:
@@ -103,7 +134,8 @@ def attend(
     """
     _check_inputs(q, k, v, mask, dropout_p)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if not need_weights:
+    captures = _CAPTURE.get()
+    if not need_weights and not captures:
         if isinstance(normalizer, SoftMax):
             return _sdpa(q, k, v, normalizer, mask, causal, bias, dropout_p, scale)
         if (isinstance(normalizer, MultiMax) and q.is_cuda and bias is None and dropout_p == 0.0):
@@ -117,6 +149,8 @@ def attend(
     if bias is not None:
         scores = scores + bias
     probs = normalizer(scores, mask=keep, dim=-1)
+    for fn in captures:
+        fn(normalizer, scores.detach(), probs.detach(), keep)
     dropped = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
     out = dropped @ v  # [B, H, Nq, Dv]
     return (out, probs) if need_weights else out

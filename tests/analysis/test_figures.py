@@ -1,0 +1,166 @@
+"""Figure functions and tools/figures.py write non-empty PNGs; the data behind them
+(simplex coordinates, trajectories, logged S/M, checkpoint parameters) is right."""
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from mmkit.analysis import figures
+from mmkit.analysis.checkpoints import (
+    load_state_dict,
+    load_vit,
+    multimax_from,
+    multimax_parameters,
+    pick_layer,
+)
+from mmkit.models import VisionTransformer
+from mmkit.normalizers import MultiMax
+
+TOOL = Path(__file__).parents[2] / "tools" / "figures.py"
+VIT = dict(preset="test", img_size=8, patch_size=4, in_chans=1, num_classes=10, normalizer="multimax",
+           per_head=True, output_normalizer="multimax", drop_path_rate=0.0)
+
+
+def assert_png(path: Path) -> None:
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+def tool():
+    spec = importlib.util.spec_from_file_location("figures_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A fake ``mmkit fit`` run of a tiny per-head MultiMax ViT: config.yaml + checkpoint."""
+    model = VisionTransformer(**VIT)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # not the init values
+    config = {"model": {"init_args": {"network": {"class_path": "mmkit.models.VisionTransformer",
+                                                  "init_args": VIT}}},
+              "data": {"class_path": "mmkit.data.ImageDataModule", "init_args": {"dataset": "mnist5k"}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "checkpoints").mkdir()
+    state = {f"network.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 0}, tmp_path / "checkpoints" / "last.ckpt")
+    return tmp_path, model
+
+
+def test_barycentric_corners_and_inverse():
+    corners = figures.barycentric(torch.eye(3))
+    assert torch.allclose(corners, torch.tensor([[0, 0], [1, 0], [0.5, math.sqrt(3) / 2]]))
+    p = torch.softmax(torch.randn(20, 3), -1)
+    xy = figures.barycentric(p)
+    p2 = xy[:, 1] / (math.sqrt(3) / 2)
+    p1 = xy[:, 0] - 0.5 * p2
+    assert torch.allclose(torch.stack([1 - p1 - p2, p1, p2], -1), p, atol=1e-6)
+
+
+def test_trajectories_simplex_and_pareto_figures(tmp_path):
+    xs = torch.linspace(-2, 12, 30)
+    heads = multimax_from(torch.randn(2, 4), torch.randn(2, 4) * 0.3)
+    rows = figures.default_figure1_normalizers(heads, (0.5, 2.0))
+    curves = figures.figure1_trajectories(rows, xs)
+    assert [c[0] for c in curves][-2:] == ["multimax h0", "multimax h1"]
+    v = torch.stack([torch.full_like(xs, 10.0), xs, torch.full_like(xs, -1.0)], -1)
+    assert torch.allclose(curves[1][1], torch.softmax(v / 2.0, -1), atol=1e-6)
+    assert torch.allclose(curves[-1][1], heads[1](v.double()).float(), atol=1e-6)
+    assert_png(figures.save_figure(figures.simplex_figure(curves, xs), tmp_path / "a" / "simplex.png"))
+    series = figures.toy_pareto_series([("mm", heads[0])], num=8)
+    assert series[0][1].shape == (8, 2) and series[-1][1].shape == (1, 2)
+    t = float(torch.logspace(-1, 1, 8)[3])
+    v = torch.tensor([10.0, 8.0, -1.0], dtype=torch.float64)
+    probs, reference = torch.softmax(v / t, -1), torch.softmax(v, -1).min()
+    expected = [math.exp(-float(probs[2] / reference)), 1 - float(probs[0] - probs[1])]  # Defs 3.2, 3.3
+    assert series[0][1][3].tolist() == pytest.approx(expected, abs=1e-6)
+    assert series[-1][1][0].tolist() == pytest.approx(figures.sm_point(heads[0]), abs=1e-6)
+    assert_png(figures.save_figure(figures.pareto_figure(series), tmp_path / "pareto.png"))
+
+
+def test_metrics_sm_reads_the_last_logged_values(tmp_path):
+    values = torch.rand(2, 2, 2).tolist()  # [row, layer, (S, M)]
+    path = tmp_path / "metrics.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["epoch", "attn/a/S", "attn/a/M", "attn/b.c/S", "attn/b.c/M", "val/loss"])
+        writer.writeheader()
+        for row in values:
+            writer.writerow({"epoch": 0, "attn/a/S": row[0][0], "attn/a/M": row[0][1],
+                             "attn/b.c/S": row[1][0], "attn/b.c/M": row[1][1]})
+        writer.writerow({"epoch": 1, "val/loss": 1.0})
+    got = figures.metrics_sm(path)
+    assert [g[0] for g in got] == ["a", "b.c"]
+    assert [g[1:] for g in got] == [pytest.approx(tuple(values[-1][0])), pytest.approx(tuple(values[-1][1]))]
+    (tmp_path / "empty.csv").write_text("epoch,val/loss\n0,1.0\n")
+    with pytest.raises(ValueError, match="attention_stats.yaml"):
+        figures.metrics_sm(tmp_path / "empty.csv")
+
+
+def test_checkpoint_parameters_sigma_and_attention_figures(run_dir, tmp_path):
+    run, model = run_dir
+    ckpt = run / "checkpoints" / "last.ckpt"
+    params = multimax_parameters(load_state_dict(ckpt))
+    assert list(params) == ["blocks.0.attn", "blocks.1.attn", "output_normalizer"]
+    name, ranges, ts = pick_layer(params, "network.blocks.1.attn.normalizer")
+    assert name == "blocks.1.attn" and torch.equal(ts, model.blocks[1].attn.normalizer.ts.detach())
+    with pytest.raises(ValueError, match="choose one of blocks.0.attn"):
+        pick_layer(params, "nope")
+    heads = multimax_from(ranges, ts)
+    x = torch.randn(2, 5)
+    per_head = model.blocks[1].attn.normalizer
+    with torch.no_grad():
+        expected = per_head(x[None, :, None, :].expand(1, 2, 1, 5).contiguous())[0, :, 0]
+        assert torch.allclose(torch.stack([h(x[i]) for i, h in enumerate(heads)]), expected, atol=1e-6)
+    assert_png(figures.save_figure(figures.sigma_figure(params), tmp_path / "sigma.png"))
+    loaded = load_vit(ckpt)
+    images = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded(images), model.eval()(images), atol=1e-6)
+        _, maps = loaded.attention_maps(images)
+    fig = figures.attention_figure(images[0], [m[0] for m in maps], (2, 2), has_cls=False)
+    assert_png(figures.save_figure(fig, tmp_path / "attention.png"))
+
+
+def test_figures_tool_subcommands(run_dir, tmp_path, capsys):
+    run, _ = run_dir
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    fig_tool = tool()
+    Image.fromarray((torch.rand(12, 12) * 255).to(torch.uint8).numpy()).save(tmp_path / "digit.png")
+    metrics = tmp_path / "m" / "metrics.csv"
+    metrics.parent.mkdir()
+    metrics.write_text("epoch,attn/blocks.0.attn/S,attn/blocks.0.attn/M\n0,0.4,0.7\n")
+    commands = [
+        ["simplex", "--ckpt", ckpt, "--layer", "blocks.0.attn", "--num", "40"],
+        ["simplex", "--ranges", "2", "6", "0", "0", "--ts", "-2", "-0.5", "0", "0", "--num", "40"],
+        ["pareto", "--metrics", str(metrics)],
+        ["pareto", "--ckpt", ckpt, "--layer", "output_normalizer"],
+        ["sigma", "--ckpt", ckpt, "--layers", "blocks.1.attn", "output_normalizer"],
+        ["attention", "--ckpt", ckpt, "--image", str(tmp_path / "digit.png")],
+        ["attention", "--ckpt", ckpt, "--test-index", "3"],
+    ]
+    for i, command in enumerate(commands):
+        out = tmp_path / f"fig{i}.png"
+        assert fig_tool.main([*command, "--out", str(out)]) == 0, command
+        assert_png(out)
+    assert capsys.readouterr().out.count("wrote ") == len(commands)
+    assert fig_tool.main(["simplex", "--ckpt", ckpt, "--ranges", "1", "--out", str(tmp_path / "x.png")]) == 2
+    assert fig_tool.main(["sigma", "--ckpt", str(tmp_path / "none.ckpt")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_multimax_from_checks_shapes():
+    with pytest.raises(ValueError, match=r"\[2N\] or \[H, 2N\]"):
+        multimax_from(torch.zeros(3), torch.zeros(3))
+    (single,) = multimax_from(torch.tensor([2.0, 6.0, 0, 0]), torch.tensor([-2.0, -0.5, 0, 0]))
+    assert isinstance(single, MultiMax) and single.order == 2
