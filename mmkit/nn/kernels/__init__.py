@@ -1,15 +1,61 @@
 """Fused attention kernels.
 
-Issue 4 plugs the Triton MultiMax flash-attention kernel in here. Until then
-:func:`multimax_attention` reports that no kernel is available and ``attend``
-takes the materialized path, which is the reference for any kernel.
+:func:`multimax_attention` is the hook ``attend`` calls for MultiMax on CUDA: it runs
+the Triton MultiMax flash-attention kernel (:mod:`.multimax_flash`) when the inputs
+are supported and returns ``None`` otherwise, so ``attend`` falls back to the
+materialized path, which is the reference for the kernel. Triton is imported lazily:
+mmkit works without it.
+
+:func:`use_multimax_kernel` switches the kernel off (or on) for a block of code,
+e.g. to benchmark the materialized path; :func:`multimax_flash_attention` calls the
+kernel directly on any Triton device (CPU tensors need ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
 from ...normalizers import MultiMax
+
+if TYPE_CHECKING:  # imports Triton
+    from ._flash_launch import BlockConfig
+
+_state = {"enabled": True}
+
+
+def multimax_kernel_enabled() -> bool:
+    """Whether :func:`multimax_attention` may use the Triton kernel."""
+    return _state["enabled"]
+
+
+def set_multimax_kernel(enabled: bool) -> None:
+    """Enable or disable the MultiMax kernel process-wide."""
+    _state["enabled"] = bool(enabled)
+
+
+@contextmanager
+def use_multimax_kernel(enabled: bool = True) -> Iterator[None]:
+    """Enable or disable the MultiMax kernel inside a ``with`` block (restored after)."""
+    before = _state["enabled"]
+    _state["enabled"] = bool(enabled)
+    try:
+        yield
+    finally:
+        _state["enabled"] = before
+
+
+def multimax_flash_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts: Tensor, *,
+                             mask: Tensor | None = None, causal: bool = False,
+                             scale: float | None = None,
+                             block: int | BlockConfig | None = None) -> Tensor:
+    """The Triton kernel on any device; see :func:`.multimax_flash.multimax_flash_attention`."""
+    from .multimax_flash import multimax_flash_attention as run
+
+    return run(q, k, v, ranges, ts, mask=mask, causal=causal, scale=scale, block=block)
 
 
 def multimax_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: MultiMax, *,
@@ -19,5 +65,17 @@ def multimax_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: MultiMax, *,
     The contract for a kernel: the same value and gradients (q, k, v and the SegLU
     parameters) as ``normalizer(q @ kᵀ · scale, mask) @ v`` with a bottom-right
     causal mask when ``causal``; no dropout, no bias, no weights returned.
+    ``None`` when the kernel is disabled, the tensors are not on CUDA, Triton is
+    missing, or the dtype, head dim or mask shape is not supported.
     """
-    return None
+    if not _state["enabled"] or not q.is_cuda or not isinstance(normalizer, MultiMax):
+        return None
+    try:
+        from . import multimax_flash
+    except ImportError:  # no Triton
+        return None
+    reason = multimax_flash.unsupported_reason(q, k, v, normalizer.ranges, normalizer.ts, mask, scale)
+    if reason is not None:
+        return None
+    return multimax_flash.multimax_flash_attention(q, k, v, normalizer.ranges, normalizer.ts,
+                                                   mask=mask, causal=causal, scale=scale)

@@ -1,0 +1,174 @@
+"""Host side of the MultiMax flash kernels: block sizes, parameter folding, launches.
+
+Nothing here syncs with the device: the SegLU parameters are folded and unfolded
+with tensor ops, and the parameter-gradient partials are summed with ``torch.sum``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+from torch import Tensor
+
+from ._flash_bwd import mm_bwd_dkdv_kernel, mm_bwd_dq_kernel
+from ._flash_fwd import mm_fwd_kernel
+
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Tile sizes (``m`` = query rows, ``n`` = keys) and launch options of the three kernels.
+
+    ``dkdv_m`` is the query step of the key-block kernel; ``dq_n`` the key step of the
+    query-block one.
+    """
+
+    fwd_m: int
+    fwd_n: int
+    fwd_warps: int
+    fwd_stages: int
+    dq_m: int
+    dq_n: int
+    dkdv_m: int
+    dkdv_n: int
+    bwd_warps: int
+    bwd_stages: int
+
+
+#: ``(half precision?, head dim ≤ 64?)`` -> tiles. Half precision: large tiles whose sm_90a
+#: build (bf16, order 2, causal + key mask, 16-aligned pointers and strides) reports no
+#: register spills in ``ptxas -v``, in the FlashAttention-2 shape (short inner steps in
+#: the backward: 32 keys for dq, 32 queries for dk/dv). fp32 (3xTF32 dots) is for
+#: correctness, not speed. Not yet tuned by timing on a GPU.
+CUDA_CONFIGS = {
+    (True, True): BlockConfig(128, 64, 8, 3, 128, 32, 32, 128, 8, 3),
+    (True, False): BlockConfig(128, 64, 8, 2, 128, 32, 32, 64, 8, 2),
+    (False, True): BlockConfig(64, 32, 4, 2, 32, 32, 32, 32, 4, 2),
+    (False, False): BlockConfig(64, 32, 4, 2, 32, 16, 32, 32, 4, 2),
+}
+
+
+def pick_config(head_dim: int, dtype: torch.dtype, device: torch.device,
+                block: int | BlockConfig | None = None) -> BlockConfig:
+    """The tiles for ``head_dim`` and ``dtype`` (see :data:`CUDA_CONFIGS`).
+
+    ``block`` forces a :class:`BlockConfig`, or square ``block × block`` tiles everywhere
+    (tests use small tiles to walk many blocks at tiny sizes); the interpreter (CPU
+    tensors) defaults to 32.
+    """
+    if isinstance(block, BlockConfig):
+        tiles = (block.fwd_m, block.fwd_n, block.dq_m, block.dq_n, block.dkdv_m, block.dkdv_n)
+        if any(t < 16 or t & (t - 1) for t in tiles):
+            raise ValueError(f"tile sizes must be powers of two >= 16, got {block}")
+        return block
+    if block is not None and (block < 16 or block & (block - 1)):
+        raise ValueError(f"block must be a power of two >= 16, got {block}")
+    if block is None and device.type == "cuda":
+        return CUDA_CONFIGS[(dtype != torch.float32, head_dim <= 64)]
+    b = 32 if block is None else block
+    return BlockConfig(b, b, 4, 1, b, b, b, b, 4, 1)
+
+
+def fold_parameters(ranges: Tensor, ts: Tensor, order: int, scale: float) -> Tensor:
+    """``[Hp, 4·order]`` fp32 buffer ``[b″, d″, tb″, td″]`` per order (see ``_flash_common``).
+
+    ``ranges``/``ts`` are ``[2N]`` (shared, Hp = 1) or ``[H, 2N]`` (per head).
+    """
+    r = ranges.detach().float().reshape(-1, order, 2)  # [Hp, N, (b, d)]
+    t = ts.detach().float().reshape(-1, order, 2)  # [Hp, N, (tb, td)]
+    powers = torch.arange(1, order + 1, device=r.device, dtype=torch.float32)
+    t_fold = t * (LOG2E * scale ** powers)[None, :, None]  # L·t·scaleⁿ
+    return torch.cat([r / scale, t_fold], dim=-1).reshape(r.shape[0], 4 * order).contiguous()
+
+
+def unfold_gradients(partials: Tensor, ranges: Tensor, ts: Tensor, order: int, scale: float,
+                     batch: int, heads: int) -> tuple[Tensor, Tensor]:
+    """Gradients of ``ranges`` and ``ts`` from the kernel's raw partial sums.
+
+    ``partials`` is ``[B·H, blocks, NP]``; the first ``4·order`` columns per order are
+    ``Σ dσ·u_bⁿ⁻¹, Σ dσ·u_dⁿ⁻¹, Σ dσ·u_bⁿ, Σ dσ·u_dⁿ`` in units of the raw dot product.
+    """
+    g = partials[..., : 4 * order].sum(1).view(batch, heads, order, 4)  # [B, H, N, 4]
+    g = g.sum(0) if ranges.ndim == 2 else g.sum((0, 1))  # [H, N, 4] or [N, 4]
+    n = torch.arange(1, order + 1, device=g.device, dtype=torch.float32)
+    t = ts.detach().float().reshape(*g.shape[:-1], 2)
+    s_n, s_n1 = scale ** n, n * scale ** (n - 1)  # ∂(scale·u)ⁿ pieces
+    grad_b = t[..., 0] * s_n1 * g[..., 0]  # tb·n·relu(b − s)ⁿ⁻¹
+    grad_d = -t[..., 1] * s_n1 * g[..., 1]  # −td·n·relu(s − d)ⁿ⁻¹
+    grad_r = torch.stack([grad_b, grad_d], -1).reshape(ranges.shape)
+    grad_t = (g[..., 2:] * s_n[..., None]).reshape(ts.shape)  # relu(·)ⁿ
+    return grad_r.to(ranges.dtype), grad_t.to(ts.dtype)
+
+
+def _precision(x: Tensor) -> str:
+    """fp32 dots: TF32 when torch allows it for matmuls, else 3xTF32 (about fp32 accuracy)."""
+    if x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "tf32x3"
+    return "tf32"  # ignored for fp16/bf16 inputs
+
+
+def _mask_args(key_mask: Tensor | None, fallback: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+    if key_mask is None:
+        return fallback, (0, 0, 0)
+    return key_mask, tuple(key_mask.stride())  # [B, H, Nk], broadcast dims have stride 0
+
+
+def flash_forward(q: Tensor, k: Tensor, v: Tensor, prm: Tensor, key_mask: Tensor | None,
+                  causal: bool, scale: float, order: int, cfg: BlockConfig) -> tuple[Tensor, Tensor]:
+    """``(O [B, H, Nq, Dv], lse [B·H, Nq] fp32 in log2 units)``."""
+    bsz, heads, n_q, dim = q.shape
+    n_k, v_dim = k.shape[2], v.shape[3]
+    out = torch.empty(bsz, heads, n_q, v_dim, device=q.device, dtype=q.dtype)
+    lse = torch.empty(bsz * heads, n_q, device=q.device, dtype=torch.float32)
+    mask, mstr = _mask_args(key_mask, q)
+    grid = (triton.cdiv(n_q, cfg.fwd_m), bsz * heads)
+    mm_fwd_kernel[grid](
+        q, k, v, out, lse, prm, mask,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        *mstr, prm.stride(0) if prm.shape[0] > 1 else 0,
+        heads, n_q, n_k, LOG2E * scale,
+        HEAD_DIM=dim, V_DIM=v_dim, BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n, ORDER=order,
+        CAUSAL=causal, HAS_MASK=key_mask is not None, PRECISION=_precision(q),
+        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages,
+    )
+    return out, lse
+
+
+def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                   prm: Tensor, key_mask: Tensor | None, causal: bool, scale: float, order: int,
+                   cfg: BlockConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv, partials [B·H, blocks, NP])``: dq kernel first (it also stores Δ)."""
+    bsz, heads, n_q, dim = q.shape
+    n_k, v_dim = k.shape[2], v.shape[3]
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    delta = torch.empty(bsz * heads, n_q, device=q.device, dtype=torch.float32)
+    num_m = triton.cdiv(n_q, cfg.dq_m)
+    np_cols = triton.next_power_of_2(4 * order)
+    partials = torch.empty(bsz * heads, num_m, np_cols, device=q.device, dtype=torch.float32)
+    mask, mstr = _mask_args(key_mask, q)
+    ph = prm.stride(0) if prm.shape[0] > 1 else 0
+    common = dict(HEAD_DIM=dim, V_DIM=v_dim, ORDER=order, CAUSAL=causal,
+                  HAS_MASK=key_mask is not None, PRECISION=_precision(q),
+                  num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+    mm_bwd_dq_kernel[(num_m, bsz * heads)](
+        q, k, v, do, out, lse, delta, dq, partials, prm, mask,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *out.stride()[:3],
+        *dq.stride()[:3], *mstr, ph,
+        heads, n_q, n_k, LOG2E * scale, LN2,
+        BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n, NP=np_cols, **common,
+    )
+    mm_bwd_dkdv_kernel[(triton.cdiv(n_k, cfg.dkdv_n), bsz * heads)](
+        q, k, v, do, lse, delta, dk, dv, prm, mask,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        *dk.stride()[:3], *dv.stride()[:3], *mstr, ph,
+        heads, n_q, n_k, LOG2E * scale, LN2,
+        BLOCK_M=cfg.dkdv_m, BLOCK_N=cfg.dkdv_n, **common,
+    )
+    return dq, dk, dv, partials
