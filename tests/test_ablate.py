@@ -154,3 +154,17 @@ def test_summary_table_marks_the_best_in_each_direction(tmp_path):
     assert lines[0] == "| normalizer | mnist test/acc1 ↑ | mnist test/loss ↓ |"
     assert lines[2] == "| softmax | 0.85 ± 0.07071 | **0.6 ± 0.1414** |"
     assert lines[3] == "| multimax | **0.9 ± 0.07071** | 0.7 ± 0.1414 |"
+
+
+def test_parallel_jobs_run_cells_in_child_processes(tmp_path, capsys):
+    cfg = grid_yaml(tmp_path, ["softmax", "multimax"], [0])
+    assert main(["ablate", "-c", str(cfg), "--jobs=2"]) == 0
+    cells = tmp_path / "out" / "tiny" / "cells"
+    pids = set()
+    for name in ("mnist-softmax-s0", "mnist-multimax-s0"):
+        status = json.loads((cells / name / "status.json").read_text())
+        assert status["state"] == "done" and (cells / name / "log.txt").is_file()
+        pids.add(status["pid"])
+    assert len(pids) == 2 and os.getpid() not in pids  # each cell ran in its own child process
+    assert len(read_rows(tmp_path / "out" / "tiny" / "results.csv")) == 2
+    assert "[2/2]" in capsys.readouterr().out

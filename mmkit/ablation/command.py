@@ -121,7 +121,8 @@ def main(argv: list[str]) -> int:
     console.print(f"results: {paths['csv']}\ntable:   {paths['table']}\nplot:    {paths['plot']}")
     for cell in failed:
         status = cell.status()
-        console.print(f"[red]failed[/red] {cell.id}: {status.get('error')} (see {status.get('log', cell.dir)}); "
+        where = status.get("log", cell.dir)
+        console.print(f"[red]failed[/red] {cell.id}: {status.get('error')} (see {where}); "
                       "rerun the same command to retry it")
     return 1 if failed else 0
 

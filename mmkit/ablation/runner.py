@@ -124,7 +124,7 @@ def finish(cell: Cell, wall_s: float, ckpt: Path) -> dict[str, Any]:
     result = {"id": cell.id, "config": cell.config, "normalizer": cell.normalizer, "seed": cell.seed,
               **metrics, "wall_s": round(wall_s, 1), "ckpt": str(ckpt)}
     write_json_atomic(cell.dir / "result.json", result)
-    cell.set_status("done", wall_s=round(wall_s, 1))
+    cell.set_status("done", wall_s=round(wall_s, 1), pid=os.getpid(), host=socket.gethostname())
     return result
 
 

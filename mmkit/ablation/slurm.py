@@ -31,7 +31,8 @@ def array_script(spec: AblationSpec, grid_yaml: Path, todo: list[int], sbatch: l
              *[f"#SBATCH {option}" for option in sbatch],
              "set -euo pipefail",
              f"cd {shlex.quote(str(Path.cwd()))}",
-             f"srun {shlex.quote(sys.executable)} -m mmkit.cli ablate -c {shlex.quote(str(grid_yaml.resolve()))}"
+             f"srun {shlex.quote(sys.executable)} -m mmkit.cli ablate"
+             f" -c {shlex.quote(str(grid_yaml.resolve()))}"
              ' --cell "$SLURM_ARRAY_TASK_ID" --progress_bar false',
              ""]
     return "\n".join(lines)

@@ -55,7 +55,8 @@ class SoftMax(Normalizer):
 
     def loss(self, logits: Tensor, target: Tensor, *, ignore_index: int = -100,
              label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
-        return cross_entropy(self.modulate(logits.to(compute_dtype(logits))), target, ignore_index=ignore_index,
+        modulated = self.modulate(logits.to(compute_dtype(logits)))
+        return cross_entropy(modulated, target, ignore_index=ignore_index,
                              label_smoothing=label_smoothing, reduction=reduction)
 
     def extra_repr(self) -> str:

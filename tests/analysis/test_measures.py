@@ -33,7 +33,8 @@ def test_measures_batch_and_undefined_rows():
     assert m.shape == s.shape == (2,)
     assert torch.isnan(m[1]) and torch.isnan(s[0])  # no relevant / no irrelevant entries
     uniform = torch.full((1, 4), 0.25)
-    assert float(multimodality(torch.tensor([[1.0, 1.0, 1.0, 1.0]]) + torch.arange(4) * 1e-3, uniform, 0.0)) == 1.0
+    near_ties = torch.tensor([[1.0, 1.0, 1.0, 1.0]]) + torch.arange(4) * 1e-3
+    assert float(multimodality(near_ties, uniform, 0.0)) == 1.0
 
 
 def test_demo_table(capsys):

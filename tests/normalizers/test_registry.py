@@ -33,7 +33,8 @@ def test_bad_constructor_values_are_clear():
 
 def test_contract_flags_and_no_decay_parameters():
     assert SoftMax.is_modulated_softmax and MultiMax.is_modulated_softmax
-    assert not any(NORMALIZERS[n].is_modulated_softmax for n in ("sparsemax", "entmax15", "entmax", "evsoftmax"))
+    sparse = ("sparsemax", "entmax15", "entmax", "evsoftmax")
+    assert not any(NORMALIZERS[n].is_modulated_softmax for n in sparse)
     mm = MultiMax()
     assert mm.ranges.shape == mm.ts.shape == (4,)
     assert {id(p) for p in mm.no_decay_parameters()} == {id(mm.ranges), id(mm.ts)}
