@@ -21,11 +21,18 @@ from typing import Any
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
 from .callbacks import PredictionsCSV
+from .checkpointing import (
+    AtomicModelCheckpoint,
+    check_checkpoint,
+    install_atomic_checkpoint_io,
+    read_checkpoint,
+    slurm_hpc_checkpoint,
+)
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.loggers.CSVLogger",
@@ -57,14 +64,24 @@ class MMKitCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path`` right after parsing (for its hyperparameters): first
+        make sure it is a readable checkpoint, or end with one clear line."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            read_checkpoint(ckpt_path)  # memory-mapped; raises ValueError
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
-        """``--ckpt_path last`` continues the newest run of this logger name in place."""
+        """``--ckpt_path last`` continues the newest run of this logger name in place, or,
+        in a requeued SLURM job, from its newer ``hpc_ckpt_*.ckpt``."""
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is not None and config.get("ckpt_path") == "last":
-            resume_latest(config)
+            resume_latest_or_hpc(config)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         given = list(config.get("callbacks") or []) + list(callbacks)
@@ -73,7 +90,38 @@ class MMKitCLI(LightningCLI):
             callbacks = [*callbacks, RichProgressBar()]
         if self.subcommand == "predict":
             callbacks = [*callbacks, PredictionsCSV()]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        install_atomic_checkpoint_io(trainer)  # crash-safe saves, unless the user brought an IO
+        return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Check the checkpoint to load (a file, or SLURM's hpc checkpoint) before Lightning reads it."""
+        ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        if ckpt_path in (None, "hpc"):
+            ckpt_path = slurm_hpc_checkpoint(self.trainer.default_root_dir)
+        if ckpt_path is not None and os.path.isfile(ckpt_path):
+            check_checkpoint(ckpt_path, self.model, fitting=subcommand == "fit")
+        super()._run_subcommand(subcommand)
+
+
+def resume_latest_or_hpc(config: Namespace) -> None:
+    """:func:`resume_latest`, except that under SLURM a ``hpc_ckpt_*.ckpt`` in the trainer's
+    ``default_root_dir`` (saved when the job was preempted) wins when it is the newer one;
+    the logger then keeps its configured version (the job id in ``tools/slurm/train.sbatch``)."""
+    hpc = slurm_hpc_checkpoint(config.trainer.get("default_root_dir"))
+    init = getattr(config.trainer.get("logger"), "init_args", None)
+    version = init.get("version") if init is not None else None
+    resume_latest(config)
+    dirpath = config.get("checkpoint", {}).get("dirpath")
+    if config.ckpt_path != "last":
+        last: Path | None = Path(config.ckpt_path)
+    else:  # resume_latest found nothing, or left an explicit checkpoint.dirpath to Lightning
+        last = Path(dirpath) / "last.ckpt" if dirpath else None
+    if hpc is not None and (last is None or not last.is_file()
+                            or hpc.stat().st_mtime >= last.stat().st_mtime):
+        config.ckpt_path = str(hpc)
+        if init is not None:
+            init.version = version
 
 
 def resume_latest(config: Namespace) -> None:

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("in_tmp")
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
 def test_every_shipped_config_parses_and_instantiates(path):
-    files = [MNIST, str(path)] if path.parent.name in ("normalizer", "callbacks") else [str(path)]
+    files = [MNIST, str(path)] if path.parent.name in ("normalizer", "callbacks", "trainer") else [str(path)]
     # The WikiText-103 LMs (up to 500M parameters) are built on the meta device: fast, no memory.
     with torch.device("meta") if "wt103" in path.name else contextlib.nullcontext():
         cli = MMKitCLI(args=[arg for f in files for arg in ("-c", f)], run=False)

@@ -1,0 +1,202 @@
+"""Crash-safe checkpoints for the ``mmkit`` command.
+
+- :class:`AtomicCheckpointIO` writes every checkpoint (``epoch=*.ckpt``, ``last.ckpt``,
+  SLURM's ``hpc_ckpt_*.ckpt``) to a temporary file in the target directory, fsyncs it and
+  renames it over the target with ``os.replace``: a kill during a save leaves the previous
+  checkpoint whole. :func:`install_atomic_checkpoint_io` puts it on a trainer whose strategy
+  still uses Lightning's plain ``TorchCheckpointIO`` (a user's own ``CheckpointIO`` is kept).
+- :class:`AtomicModelCheckpoint` also replaces the ``last.ckpt`` symlink atomically
+  (``save_last: link``); with ``save_last: true`` last.ckpt is a full save, atomic through the IO.
+- :func:`check_checkpoint` reads a checkpoint (memory-mapped) before Lightning does and turns
+  a truncated, corrupt or foreign checkpoint into one clear ``ValueError``.
+- :func:`slurm_hpc_checkpoint` finds the checkpoint a preempted SLURM job left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+TEMP_PREFIX = ".mmkit-partial-"  # never contains "hpc_ckpt_", "last" or ".ckpt": no glob mistakes it
+HPC_NAME = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
+SHOWN = 4  # how many offending keys an error names
+
+
+def _temp_path(directory: str) -> str:
+    return os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename itself durable (best effort: some filesystems refuse)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves a half-written ``path``: write a temporary
+    file next to it, fsync, ``os.replace``. On any error the temporary file is removed and
+    the old ``path`` (if any) is untouched. A symlink at ``path`` is replaced, not followed."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    temp = _temp_path(directory)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like open()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    _fsync_dir(directory)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with crash-safe local saves (temp file, fsync,
+    ``os.replace``); remote paths (``s3://``...) keep Lightning's own transactional save."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+
+def install_atomic_checkpoint_io(trainer: Trainer) -> None:
+    """Use :class:`AtomicCheckpointIO` unless the strategy already has a non-default IO
+    (the user's plugin, XLA's, an async wrapper): those are kept as they are."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``save_last: link`` swaps the ``last.ckpt`` symlink in one
+    ``os.replace`` (Lightning deletes it first, so a kill in between leaves no last.ckpt)."""
+
+    @staticmethod
+    def _link_checkpoint(trainer: Trainer, filepath: str, linkpath: str) -> None:
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            if os.path.isdir(linkpath) and not os.path.islink(linkpath):
+                shutil.rmtree(linkpath)
+            temp = _temp_path(os.path.dirname(os.path.abspath(linkpath)))
+            try:
+                os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), temp)
+                os.replace(temp, linkpath)
+            except OSError:  # no symlinks here (e.g. Windows without rights): an atomic copy
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+                shutil.copyfile(filepath, temp)
+                os.replace(temp, linkpath)
+        trainer.strategy.barrier()
+
+
+def slurm_hpc_checkpoint(root: str | os.PathLike | None) -> Path | None:
+    """The newest ``hpc_ckpt_<n>.ckpt`` that Lightning's SLURM requeue handler saved in
+    ``root`` (the trainer's ``default_root_dir``, default the working directory), or ``None``
+    when not running under SLURM or there is none."""
+    if not SLURMEnvironment.detect():
+        return None
+    folder = Path(root if root is not None else os.getcwd())
+    found = [(int(m.group(1)), p) for p in (folder.glob("hpc_ckpt_*.ckpt") if folder.is_dir() else [])
+             if (m := HPC_NAME.match(p.name)) and p.is_file()]
+    return max(found)[1] if found else None
+
+
+def _shape(value: Any) -> str:
+    return str(list(value.shape)) if hasattr(value, "shape") else type(value).__name__
+
+
+def _few(names: list[str]) -> str:
+    more = f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def _config_hint(path: Path) -> str:
+    """Where the config that wrote ``path`` probably lives (``<run>/checkpoints/x.ckpt``)."""
+    saved = path.resolve().parent.parent / "config.yaml"
+    if path.parent.name == "checkpoints" and saved.is_file():
+        return f"rerun with the config it was trained with (`-c {saved}`)"
+    return "rerun with the config it was trained with"
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint memory-mapped on the CPU (tensors are not read into memory),
+    or raise one clear ``ValueError`` when it is truncated, corrupt or not a checkpoint."""
+    what = f"checkpoint {path} is unreadable"
+    todo = ("it is probably truncated or corrupt (a crash or a copy cut short); "
+            "use another checkpoint, e.g. an earlier epoch=*.ckpt, or copy it again")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{what}: the file is empty; {todo}")
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError as err:
+            if "mmap can only be used" not in str(err):
+                raise
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)  # legacy (non-zip) format
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
+        reason = " ".join(str(err).split()).split(". ")[0][:120] or type(err).__name__
+        raise ValueError(f"{what} ({type(err).__name__}: {reason}); {todo}") from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        got = f"keys {_few(sorted(map(str, ckpt)))}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict'; it holds "
+                         f"{got}); pass a .ckpt file saved by `mmkit fit`")
+    return ckpt
+
+
+def _likely_reason(names: list[str]) -> str:
+    if any(re.search(r"(^|\.)(ranges|ts)$|normalizer", n) for n in names):
+        return "it was probably trained with a different normalizer (e.g. multimax vs softmax)"
+    return "it was probably saved from a different model or config (size, preset, vocabulary, ...)"
+
+
+def check_checkpoint(path: str | os.PathLike, model: LightningModule, fitting: bool = False) -> None:
+    """Raise one clear ``ValueError`` unless ``path`` is a readable Lightning checkpoint whose
+    ``state_dict`` matches ``model`` (same keys and shapes; keys are only required to match
+    when the model loads strictly). ``fitting`` also requires the optimizer state needed to resume."""
+    ckpt = read_checkpoint(path)
+    try:
+        saved: dict[str, Any] = ckpt["state_dict"]
+        expected = model.state_dict()
+        strict = getattr(model, "strict_loading", True)
+        missing = [k for k in expected if k not in saved] if strict else []
+        unexpected = [k for k in saved if k not in expected] if strict else []
+        mismatched = [f"{k} {_shape(saved[k])} vs {_shape(v)}" for k, v in expected.items()
+                      if k in saved and hasattr(v, "shape") and hasattr(saved[k], "shape")
+                      and tuple(saved[k].shape) != tuple(v.shape)]
+        weights_only = "optimizer_states" not in ckpt or "loops" not in ckpt
+    finally:
+        del ckpt  # drop the memory map before Lightning reads the file
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch (checkpoint vs model) {_few(mismatched)}")
+    if problems:
+        reason = _likely_reason(missing + unexpected + mismatched)
+        raise ValueError(f"checkpoint {path} does not fit this model: {'; '.join(problems)}; {reason}: "
+                         f"{_config_hint(Path(path))}, or pass a checkpoint of this model")
+    if fitting and weights_only:
+        raise ValueError(f"checkpoint {path} holds model weights only (saved with save_weights_only), so "
+                         "`fit` cannot resume from it; use validate/test/predict, or a full checkpoint")
