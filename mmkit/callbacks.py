@@ -1,14 +1,24 @@
-"""Callbacks that the ``mmkit`` command adds by default."""
+"""Callbacks that the ``mmkit`` command adds by default.
+
+- :class:`PredictionsCSV`: ``mmkit predict`` results as ``predictions.csv``.
+- :class:`NonFiniteGuard`: stop training with one clear line when the loss (or a weight)
+  turns NaN/Inf, before a checkpoint of the broken weights is written.
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+SHOWN = 3  # how many non-finite parameters a message names
 
 
 class PredictionsCSV(BasePredictionWriter):
@@ -46,3 +56,72 @@ class PredictionsCSV(BasePredictionWriter):
             tmp = text.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text("".join(f"{row[column]}\n" for row in rows), encoding="utf-8")
             os.replace(tmp, text)
+
+
+class NonFiniteTrainingError(ValueError):
+    """Training produced a NaN/Inf loss or weight (a user-facing error: one line, exit 2)."""
+
+
+class NonFiniteGuard(Callback):
+    """Check the training loss (and, with ``check_weights``, every parameter) for NaN/Inf
+    after each ``check_every_n_steps``-th optimizer step.
+
+    With ``action: raise`` (the default) training ends with a :class:`NonFiniteTrainingError`
+    that names the global step, so ``mmkit fit`` prints one line and exits with status 2.
+    The check runs in ``on_train_batch_end``, before Lightning's ``ModelCheckpoint`` (always
+    ordered last) can save that step, so the broken weights are never checkpointed and
+    ``last.ckpt`` keeps the last good state. ``action: warn`` only warns (once) and goes on;
+    ``check_every_n_steps: 0`` turns the guard off. Under DDP the decision is shared by all
+    ranks, so they stop together.
+
+    Args:
+        check_every_n_steps: check after every n-th optimizer step (0: never).
+        action: ``raise`` (stop with an error) or ``warn``.
+        check_weights: also check the parameters (catches an update that overflowed
+            although its loss was still finite; costs one pass over the weights).
+    """
+
+    def __init__(self, check_every_n_steps: int = 1, action: Literal["raise", "warn"] = "raise",
+                 check_weights: bool = True) -> None:
+        if check_every_n_steps < 0:
+            raise ValueError(f"nan_guard.check_every_n_steps must be >= 0 (0 turns the guard off), "
+                             f"got {check_every_n_steps}")
+        if action not in ("raise", "warn"):
+            raise ValueError(f"nan_guard.action must be 'raise' or 'warn', got {action!r}")
+        self.check_every_n_steps, self.action, self.check_weights = check_every_n_steps, action, check_weights
+        self._warned = False
+
+    def _problems(self, pl_module: LightningModule, outputs: Any) -> list[str]:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        problems = []
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            problems.append(f"the train loss is {loss.detach().float().mean().item()}")
+        if self.check_weights:
+            named = [(n, p) for n, p in pl_module.named_parameters() if p.numel()]
+            if named:
+                finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])  # [P]
+                if not bool(finite.all()):  # one device sync for all parameters
+                    bad = [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+                    more = f" (+{len(bad) - SHOWN} more)" if len(bad) > SHOWN else ""
+                    problems.append(f"parameters {', '.join(bad[:SHOWN])}{more} hold NaN/Inf")
+        return problems
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        every = self.check_every_n_steps
+        if every == 0 or trainer.global_step % every:
+            return
+        problems = self._problems(pl_module, outputs)
+        if not trainer.strategy.reduce_boolean_decision(bool(problems), all=False):
+            return
+        what = "; ".join(problems) or "another rank saw a NaN/Inf loss or weight"
+        message = (f"training diverged at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
+                   f"batch {batch_idx}): {what}; no checkpoint of this step was saved (the last good one is "
+                   "kept); lower the learning rate, set trainer.gradient_clip_val, or use 32-true precision "
+                   "(nan_guard.action=warn only warns, nan_guard.check_every_n_steps=0 turns the check off)")
+        if self.action == "warn":
+            if not self._warned:
+                rank_zero_warn(message.split("; no checkpoint")[0] + " (nan_guard.action=warn: going on)")
+                self._warned = True
+            return
+        raise NonFiniteTrainingError(message)

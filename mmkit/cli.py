@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
-from .callbacks import PredictionsCSV
+from .callbacks import NonFiniteGuard, PredictionsCSV
 from .checkpointing import (
     AtomicModelCheckpoint,
     check_checkpoint,
@@ -33,6 +33,7 @@ from .checkpointing import (
     read_checkpoint,
     slurm_hpc_checkpoint,
 )
+from .cli_errors import ConfigError, check_config_files, check_output_dir, one_line, summarize_parse_error
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.loggers.CSVLogger",
@@ -43,6 +44,18 @@ DESCRIPTION = ("mmkit: train and evaluate models with a pluggable attention/outp
                "a normalizer x seed grid; `mmkit demo` prints every normalizer on the MultiMax "
                "paper's Figure 1 input.")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+SPECIAL_CKPT = ("last", "best", "hpc", "registry")  # --ckpt_path values that are not file names
+OUTPUT_OPTIONS = ("trainer.default_root_dir", "trainer.logger.init_args.save_dir", "checkpoint.dirpath")
+
+
+class _OneLineParser(LightningArgumentParser):
+    """Parse errors of the user-facing parsers raise :class:`ConfigError` with one line instead
+    of printing the usage; jsonargparse's inner parsers (``exit_on_error=False``) are unchanged."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if self.exit_on_error and not os.environ.get("MMKIT_DEBUG"):
+            raise ConfigError(summarize_parse_error(message)) from ex
+        super().error(message, ex)
 
 
 class MMKitCLI(LightningCLI):
@@ -60,27 +73,51 @@ class MMKitCLI(LightningCLI):
             seed_everything_default=0,
             auto_configure_optimizers=False,  # tasks build their own parameter groups
             parser_kwargs={"description": DESCRIPTION},
+            parser_class=_OneLineParser,
             args=args, run=run,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+        parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args is None or isinstance(args, list):
+            check_config_files(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads ``--ckpt_path`` right after parsing (for its hyperparameters): first
         make sure it is a readable checkpoint, or end with one clear line."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_dir():
+            raise ValueError(f"--ckpt_path {ckpt_path} is a directory; pass a .ckpt file in it "
+                             "(e.g. checkpoints/last.ckpt) or `--ckpt_path last`")
+        if (ckpt_path and "://" not in ckpt_path and ckpt_path not in SPECIAL_CKPT
+                and not ckpt_path.startswith("registry") and not Path(ckpt_path).exists()):
+            raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; check --ckpt_path, or use "
+                                    "`--ckpt_path last` to resume the newest run of this config")
         if ckpt_path and Path(ckpt_path).is_file():
             read_checkpoint(ckpt_path)  # memory-mapped; raises ValueError
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        """``--ckpt_path last`` continues the newest run of this logger name in place, or,
+        """Check that the output directories can be written (before anything is), then:
+        ``--ckpt_path last`` continues the newest run of this logger name in place, or,
         in a requeued SLURM job, from its newer ``hpc_ckpt_*.ckpt``."""
         config = self.config.get(self.subcommand) if self.subcommand else None
-        if config is not None and config.get("ckpt_path") == "last":
+        if config is None:
+            return
+        for option in OUTPUT_OPTIONS:  # fail before anything is written
+            try:
+                value = config.get(option)
+            except (AttributeError, KeyError, TypeError):  # e.g. a list of loggers
+                value = None
+            if isinstance(value, (str, os.PathLike)):
+                check_output_dir(value, option)
+        if config.get("ckpt_path") == "last":
             resume_latest_or_hpc(config)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
@@ -162,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         if args[:1] == ["ablate"]:
             return _ablate(args[1:])
         MMKitCLI(args=argv)
-    except (*USER_ERRORS, ArgumentError) as err:
+    except (*USER_ERRORS, ArgumentError, ConfigError) as err:
         if os.environ.get("MMKIT_DEBUG"):
             raise
         while isinstance(err.__cause__, (*USER_ERRORS, ArgumentError)):  # jsonargparse wraps ours; unwrap
             err = err.__cause__
-        message = " ".join(str(err).split()) or type(err).__name__
+        message = one_line(err)
         sys.stderr.write(f"mmkit: error: {message} (set MMKIT_DEBUG=1 for the traceback)\n")
         return 2
     return 0

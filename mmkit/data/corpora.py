@@ -49,10 +49,15 @@ def split_lines(text: str, fraction: float) -> dict[str, str]:
 
 
 def _read(path: Path) -> str:
+    """The file as text, or one clear ``ValueError`` when it cannot be read or is not UTF-8."""
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); convert it "
+                         "to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+    except OSError as err:  # permissions, a directory, an I/O error
+        raise ValueError(f"cannot read {path} ({err.strerror or type(err).__name__}); check that it is a "
+                         "readable text file") from None
 
 
 def load_corpus(corpus: Corpus, root: str | None, eval_fraction: float) -> dict[str, str]:
@@ -65,17 +70,17 @@ def load_corpus(corpus: Corpus, root: str | None, eval_fraction: float) -> dict[
     base = Path(root).expanduser()
     if corpus == "wikitext":
         files = {s: base / f"wiki.{s}.tokens" for s in SPLITS}
-        missing = [str(p) for p in files.values() if not p.is_file()]
+        missing = [str(p) for p in files.values() if not p.exists()]
         if missing:
             raise FileNotFoundError(
                 f"WikiText files missing: {', '.join(missing)}; data.root must hold "
                 "wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens")
         return {s: _read(p) for s, p in files.items()}
     if corpus == "text":
-        if base.is_file():
+        if base.exists() and not base.is_dir():
             return split_lines(_read(base), eval_fraction)
         files = {s: base / f"{s}.txt" for s in SPLITS}
-        if not all(p.is_file() for p in files.values()):
+        if not all(p.exists() for p in files.values()):
             raise FileNotFoundError(f"text corpus not found: data.root={base} must be a text file "
                                     "or a directory with train.txt, valid.txt and test.txt")
         return {s: _read(p) for s, p in files.items()}

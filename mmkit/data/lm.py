@@ -84,6 +84,7 @@ class TextDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size, self.tgt_len = batch_size, eval_batch_size, tgt_len
         self.eval_fraction, self.max_chars, self.prompts = eval_fraction, max_chars, prompts
         self.tokenizer: Tokenizer | None = None
+        self._texts: dict[str, str] | None = None  # read by prepare_data, consumed by setup
         self.ids: dict[str, torch.Tensor] = {}
         self.bytes_per_token: dict[str, float] = {}
 
@@ -93,15 +94,28 @@ class TextDataModule(LightningDataModule):
             raise RuntimeError("the tokenizer exists after setup()")
         return self.tokenizer.get_vocab_size()
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.ids:
-            return
+    def _load(self) -> dict[str, str]:
         texts = load_corpus(self.corpus, self.root, self.eval_fraction)
         if self.max_chars is not None:
             texts = {split: text[:self.max_chars] for split, text in texts.items()}
         for split, text in texts.items():
             if not text.strip():
-                raise ValueError(f"the {split} split of corpus {self.corpus!r} is empty")
+                where = f" (data.root={self.root})" if self.root else ""
+                raise ValueError(f"the {split} split of corpus {self.corpus!r}{where} is empty; give it text "
+                                 "(a single-source corpus needs enough lines for eval_fraction)")
+        return texts
+
+    def prepare_data(self) -> None:
+        """Read and check the corpus before Lightning creates the run directory, so a bad
+        path or file fails with nothing written (``setup`` reuses the texts)."""
+        if not self.ids:
+            self._texts = self._load()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.ids:
+            return
+        texts = getattr(self, "_texts", None) or self._load()
+        self._texts = None
         self.tokenizer = run_tokenizer(
             self.trainer, lambda: train_tokenizer(self.kind, texts["train"], self.max_vocab),
             self.tokenizer_path)

@@ -19,24 +19,25 @@ def _to_float(mean: tuple[float, ...], std: tuple[float, ...]) -> list[v2.Transf
 
 
 def eval_transform(img_size: int, mean: tuple[float, ...], std: tuple[float, ...], *,
-                   native: int) -> v2.Transform:
+                   native: int | None) -> v2.Transform:
     """Resize (shorter side to ``img_size / 0.875``) and center-crop when the size
-    differs from the dataset's native one; then scale and normalize."""
+    differs from the dataset's native one, or always when ``native`` is ``None`` (files of
+    any size, e.g. an image folder); then scale and normalize."""
     resize: list[v2.Transform] = []
-    if img_size != native:
+    if native is None or img_size != native:
         resize = [v2.Resize(round(img_size / 0.875), antialias=True), v2.CenterCrop(img_size)]
     return v2.Compose([v2.ToImage(), *resize, *_to_float(mean, std)])
 
 
 def train_transform(augment: Augment, img_size: int, mean: tuple[float, ...],
-                    std: tuple[float, ...], *, flip: bool, native: int) -> v2.Transform:
+                    std: tuple[float, ...], *, flip: bool, native: int | None) -> v2.Transform:
     """``none``: as evaluation. ``light``: padded random crop (+ horizontal flip).
     ``deit``: random resized crop, flip, RandAugment(2, 9), random erasing 0.25."""
     if augment == "none":
         return eval_transform(img_size, mean, std, native=native)
     flips = [v2.RandomHorizontalFlip()] if flip else []
     if augment == "light":
-        resize = [] if img_size == native else [v2.Resize(img_size, antialias=True),
+        resize = [] if native is not None and img_size == native else [v2.Resize(img_size, antialias=True),
                                                 v2.CenterCrop(img_size)]
         crop = v2.RandomCrop(img_size, padding=max(img_size // 8, 1))
         return v2.Compose([v2.ToImage(), *resize, crop, *flips, *_to_float(mean, std)])
