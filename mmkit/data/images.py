@@ -18,10 +18,11 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets
 
 from .mnist5k import load_mnist5k
+from .sharding import ShardSampler, train_sampler
 from .transforms import Augment, eval_transform, train_transform
 
 DatasetName = Literal["mnist5k", "cifar10", "cifar100", "imagefolder"]
@@ -181,9 +182,9 @@ class ImageDataModule(LightningDataModule):
         if self.train_set is not None:
             return
         mean, std, digits = self.info["mean"], self.info["std"], self.dataset == "mnist5k"
-        train_tf = train_transform(self.augment, self.img_size, mean, std, flip=not digits,
-                                   native=self.info["size"])
-        eval_tf = eval_transform(self.img_size, mean, std, native=self.info["size"])
+        native = None if self.dataset == "imagefolder" else self.info["size"]  # folder files: any size
+        train_tf = train_transform(self.augment, self.img_size, mean, std, flip=not digits, native=native)
+        eval_tf = eval_transform(self.img_size, mean, std, native=native)
         if self.dataset == "mnist5k":
             images, labels = load_mnist5k()
             test, val, train = self._split(len(labels), (self.test_fraction, self.val_fraction))
@@ -210,24 +211,26 @@ class ImageDataModule(LightningDataModule):
                                  "empty; check val_fraction/test_fraction or the data directory")
 
     # ---------------------------------------------------------------- loaders
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            batch_size=batch_size,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
+    # Our own samplers (see mmkit.data.sharding): the same seeded training order on any
+    # number of processes, and unpadded evaluation shards (no sample counted twice).
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+        return self._loader(self.train_set, self.batch_size, train_sampler(self.train_set, self.trainer))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+        return self._loader(self.val_set, self.eval_batch_size, ShardSampler(self.val_set, self.trainer))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.test_set, self.eval_batch_size, ShardSampler(self.test_set, self.trainer))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
+        return self._loader(self.test_set, self.eval_batch_size, None)  # Lightning shards predict

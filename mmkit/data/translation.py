@@ -23,8 +23,9 @@ from typing import Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from .sharding import ShardSampler, rank_and_world, train_sampler
 from .tokenizer import run_tokenizer, train_tokenizer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3 = the model's pad/bos/eos defaults
@@ -65,7 +66,8 @@ def read_parallel(root: Path, src_lang: str, tgt_lang: str) -> dict[str, list]:
         src_lines, tgt_lines = (_lines(p) for p in (src, tgt))
         if len(src_lines) != len(tgt_lines):
             raise ValueError(f"parallel files differ in length: {src} has {len(src_lines)} lines, "
-                             f"{tgt} has {len(tgt_lines)}")
+                             f"{tgt} has {len(tgt_lines)}; they must be line-aligned (line i of one "
+                             "translates line i of the other)")
         out[split] = list(zip(src_lines, tgt_lines))
     return out
 
@@ -74,7 +76,8 @@ def _lines(path: Path) -> list[str]:
     try:
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); convert it "
+                         "to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
 class TranslationDataModule(LightningDataModule):
@@ -127,7 +130,8 @@ class TranslationDataModule(LightningDataModule):
             pairs = read_parallel(Path(hp.root).expanduser(), hp.src_lang, hp.tgt_lang)
         pairs["train"] = [(s, t) for s, t in pairs["train"] if s and t]
         if not pairs["train"]:
-            raise ValueError("the training split has no sentence pairs with both sides non-empty")
+            raise ValueError("the training split has no sentence pairs with both sides non-empty; check "
+                             f"the train.{hp.src_lang} and train.{hp.tgt_lang} files under data.root")
         self.pairs = pairs
         text = "\n".join(side for pair in pairs["train"] for side in pair)
         self.tokenizer = run_tokenizer(
@@ -171,18 +175,21 @@ class TranslationDataModule(LightningDataModule):
         return batches + ([current] if current else [])
 
     def train_dataloader(self) -> DataLoader:
+        # Each item is one token batch. The seeded sampler reshuffles the batches every
+        # epoch and deals them round-robin to the ranks (equal counts, the rest dropped),
+        # so step k on N processes sees batches N·k .. N·k+N-1 of the 1-process order.
+        # Being a DistributedSampler, Lightning does not try to re-shard it.
         rows = self.encoded["train"]
-        batches = self._token_batches(rows)
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        random.Random(self.hp.seed + epoch).shuffle(batches)
-        world = self.trainer.world_size if self.trainer is not None else 1
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        batches = batches[rank::world][: len(batches) // world or 1]
-        return DataLoader(rows, batch_sampler=batches, collate_fn=self.collate)
+        batches = _TokenBatches(self._token_batches(rows), rows, self.collate)
+        world = rank_and_world(self.trainer)[1]
+        sampler = train_sampler(batches, self.trainer, seed=self.hp.seed,
+                                drop_last=len(batches) >= world)
+        return DataLoader(batches, batch_size=None, sampler=sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
         rows = [(s, t, i) for i, (s, t) in enumerate(self.encoded[split])]
-        return DataLoader(rows, batch_size=self.hp.eval_batch_size, collate_fn=self.collate)
+        return DataLoader(rows, batch_size=self.hp.eval_batch_size, collate_fn=self.collate,
+                          sampler=ShardSampler(rows, self.trainer))  # unpadded shards
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("valid")
@@ -201,3 +208,16 @@ class TranslationDataModule(LightningDataModule):
         limit = self.hp.max_tokens_per_sentence
         rows = [(e.ids[:limit], [], i) for i, e in enumerate(self.tokenizer.encode_batch(lines))]
         return DataLoader(rows, batch_size=self.hp.eval_batch_size, collate_fn=self.collate)
+
+
+class _TokenBatches(Dataset):
+    """Pre-built training batches: item ``i`` is the collated batch of ``batches[i]``."""
+
+    def __init__(self, batches: list[list[int]], rows: list, collate) -> None:
+        self.batches, self.rows, self.collate = batches, rows, collate
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.collate([self.rows[j] for j in self.batches[i]])

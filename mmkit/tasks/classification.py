@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
@@ -64,6 +65,8 @@ class ImageClassification(LightningModule):
             setattr(self, f"{stage}_acc1", MulticlassAccuracy(self.num_classes, average="micro"))
             setattr(self, f"{stage}_acc5",
                     MulticlassAccuracy(self.num_classes, top_k=top5, average="micro"))
+        for stage in ("val", "test"):  # mean over images, exact under DDP (unequal shards)
+            setattr(self, f"{stage}_loss", MeanMetric())
 
     def setup(self, stage: str) -> None:
         data_classes = getattr(self.trainer.datamodule, "num_classes", None)
@@ -105,7 +108,9 @@ class ImageClassification(LightningModule):
         acc1, acc5 = getattr(self, f"{stage}_acc1"), getattr(self, f"{stage}_acc5")
         acc1(ranking, labels)
         acc5(ranking, labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss, weight=labels.shape[0])
+        self.log(f"{stage}/loss", mean_loss, prog_bar=stage == "val")
         self.log(f"{stage}/acc1", acc1, prog_bar=True)
         self.log(f"{stage}/acc5", acc5)
 
@@ -133,12 +138,22 @@ class ImageClassification(LightningModule):
         if self.scheduler_factory is not None:
             return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
         total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = math.ceil(self.trainer.num_training_batches
-                              / self.trainer.accumulate_grad_batches)
-        warmup = round(self.hparams.warmup_epochs * per_epoch)
+        warmup = round(self.hparams.warmup_epochs * self._steps_per_epoch()) \
+            if self.hparams.warmup_epochs > 0 else 0
         schedule = warmup_cosine(optimizer, warmup, total, self.hparams.min_lr_ratio)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (for ``warmup_epochs``). With ``max_steps`` set and no
+        ``max_epochs``, Lightning has not loaded the training data yet, so load it here."""
+        trainer = self.trainer
+        if math.isinf(trainer.num_training_batches):
+            trainer.fit_loop.setup_data()
+        if math.isinf(trainer.num_training_batches):
+            raise ValueError("warmup_epochs needs a training set of known length; "
+                             "use a scheduler that counts steps instead")
+        return math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
 
 
 _SOFTMAX = SoftMax()

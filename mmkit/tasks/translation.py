@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics.aggregation import MeanMetric
 
 from ..models.search import beam_search, greedy_decode
 from .checks import check_vocab
@@ -63,6 +64,7 @@ class Translation(LightningModule):
         self.network = network
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._outputs: list[tuple[int, str]] = []
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()  # per target token
 
     def setup(self, stage: str) -> None:
         check_vocab(self)
@@ -87,8 +89,12 @@ class Translation(LightningModule):
         return self.trainer.datamodule.tokenizer.decode_batch(ids)
 
     def _eval_step(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
-        self.log(f"{stage}/loss", self._loss(batch, 0.0), batch_size=batch["src"].shape[0],
-                 sync_dist=True)
+        # The mean over all target tokens of the split: the same for any batching or
+        # number of processes (a plain sync_dist mean would weight batches, not tokens).
+        mean_loss = getattr(self, f"{stage}_loss")
+        tokens = (batch["tgt_out"] != self.network.pad_id).sum()
+        mean_loss.update(self._loss(batch, 0.0), weight=tokens)
+        self.log(f"{stage}/loss", mean_loss, batch_size=batch["src"].shape[0])
         self._outputs.extend(zip(batch["index"].tolist(), self.translate(batch["src"])))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -103,22 +109,25 @@ class Translation(LightningModule):
             gathered: list = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, outputs)
             outputs = [item for part in gathered for item in part]
-        by_index = dict(outputs)  # DistributedSampler padding repeats some indices
+        by_index = dict(outputs)  # drops repeats, should a padded sampler have made any
         all_refs = self.trainer.datamodule.references(split)
         order = sorted(by_index)  # all of the split unless limit_*_batches cut it
         hyps, refs = [by_index[i] for i in order], [all_refs[i] for i in order]
         bleu = sacrebleu.BLEU()
         score = bleu.corpus_score(hyps, [refs])
         tok = sacrebleu.BLEU(tokenize="none").corpus_score(hyps, [refs])
+        # log_dir is a collective under DDP (a broadcast): every rank must ask for it.
+        out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if self.trainer.is_global_zero:
-            out_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / f"hyps.{stage}.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
             (out_dir / f"refs.{stage}.txt").write_text("\n".join(refs) + "\n", encoding="utf-8")
             (out_dir / f"bleu.{stage}.txt").write_text(
                 f"{score} {bleu.get_signature()}\n{tok} (tokenize=none)\n", encoding="utf-8")
-        self.log(f"{stage}/bleu", score.score, prog_bar=True, rank_zero_only=True)
-        self.log(f"{stage}/bleu_tok", tok.score, rank_zero_only=True)
+        # Every rank has the same gathered score: log it everywhere (no sync needed), so
+        # that a checkpoint monitoring val/bleu works on every rank.
+        self.log(f"{stage}/bleu", score.score, prog_bar=True)
+        self.log(f"{stage}/bleu_tok", tok.score)
 
     def on_validation_epoch_start(self) -> None:
         self._outputs = []

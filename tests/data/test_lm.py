@@ -51,7 +51,7 @@ def test_missing_wikitext_names_the_expected_files(tmp_path):
 def test_empty_corpus_is_a_clear_error(tmp_path):
     for split in ("train", "valid", "test"):
         (tmp_path / f"{split}.txt").write_text("some words here\n" if split != "train" else "\n\n")
-    with pytest.raises(ValueError, match="the train split of corpus 'text' is empty"):
+    with pytest.raises(ValueError, match=r"the train split of corpus 'text' \(data.root=.*\) is empty"):
         TextDataModule("text", root=str(tmp_path)).setup()
 
 

@@ -70,3 +70,21 @@ def test_bad_task_arguments():
         ImageClassification(vit(), label_smoothing=1.0)
     with pytest.raises(ValueError, match="num_classes"):
         ImageClassification(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("max_steps", [4, -1])
+def test_warmup_epochs_counts_the_epoch_even_when_max_steps_is_set(max_steps, tmp_path):
+    # With max_steps and no max_epochs, Lightning has no epoch length when the schedule
+    # is built (this used to raise OverflowError); 12 images in batches of 4 = 3 steps.
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.randn(12, 1, 8, 8), torch.randint(0, 6, (12,)))
+    task = ImageClassification(vit(), warmup_epochs=1.0)
+    trainer = Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=None if max_steps > 0 else 2,
+                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(task, DataLoader(data, batch_size=4))
+    schedule = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step == (4 if max_steps > 0 else 6)
+    assert [schedule.lr_lambdas[0](s) for s in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
