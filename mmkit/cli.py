@@ -34,6 +34,7 @@ from .checkpointing import (
     slurm_hpc_checkpoint,
 )
 from .cli_errors import ConfigError, check_config_files, check_output_dir, one_line, summarize_parse_error
+from .resume import ExactResume
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.loggers.CSVLogger",
@@ -61,8 +62,9 @@ class _OneLineParser(LightningArgumentParser):
 class MMKitCLI(LightningCLI):
     """LightningCLI with mmkit's defaults: a configurable ``ModelCheckpoint`` that
     keeps ``last.ckpt`` (so ``--ckpt_path last`` resumes), a rich progress bar, a CSV
-    logger under ``runs/``, seed 0, a ``config.yaml`` that reruns overwrite, and
-    ``predictions.csv`` from ``predict``."""
+    logger under ``runs/``, seed 0, a ``config.yaml`` that reruns overwrite,
+    ``predictions.csv`` from ``predict``, and exact mid-epoch resume
+    (:class:`~mmkit.resume.ExactResume`)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -127,6 +129,8 @@ class MMKitCLI(LightningCLI):
             callbacks = [*callbacks, RichProgressBar()]
         if self.subcommand == "predict":
             callbacks = [*callbacks, PredictionsCSV()]
+        if not any(isinstance(c, ExactResume) for c in given):  # RNG states + data position
+            callbacks = [*callbacks, ExactResume()]
         trainer = super()._instantiate_trainer(config, callbacks)
         install_atomic_checkpoint_io(trainer)  # crash-safe saves, unless the user brought an IO
         return trainer

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets
 
 from .mnist5k import load_mnist5k
-from .sharding import ShardSampler, train_sampler
+from .sharding import RNGNeutralLoader, SeededSamples, ShardSampler, train_sampler
 from .transforms import Augment, eval_transform, train_transform
 
 DatasetName = Literal["mnist5k", "cifar10", "cifar100", "imagefolder"]
@@ -212,7 +212,7 @@ class ImageDataModule(LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler | None) -> DataLoader:
-        return DataLoader(
+        return RNGNeutralLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -224,7 +224,10 @@ class ImageDataModule(LightningDataModule):
     # Our own samplers (see mmkit.data.sharding): the same seeded training order on any
     # number of processes, and unpadded evaluation shards (no sample counted twice).
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, train_sampler(self.train_set, self.trainer))
+        # (index, seed) pairs: each sample's augmentation has its own seeded RNG, so the global
+        # RNG (dropout, MixUp) is untouched by data loading and a resumed run is exact.
+        sampler = train_sampler(self.train_set, self.trainer, seeded_samples=True)
+        return self._loader(SeededSamples(self.train_set), self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.eval_batch_size, ShardSampler(self.val_set, self.trainer))

@@ -9,8 +9,9 @@ targets, in order, so a model's memory carries from one batch to the next.
   its memory at each epoch start (and before each validation/test pass).
 - **DDP.** The streams are split across ranks (``batch_size`` streams per rank); each
   rank walks its own streams in order, so memory stays valid. No sampler is used.
-- **Resume.** Windows are deterministic, so a resumed epoch restarts from its first
-  window; the memory restarts empty (see the task).
+- **Resume.** Windows are deterministic; a run resumed mid-epoch skips the windows it
+  has already trained on (:meth:`StreamWindows.skip_batches`, called by
+  :class:`mmkit.resume.ExactResume`), and the task restores its memory from the checkpoint.
 - **Tokenizer.** Trained on the training split, saved as ``tokenizer.json`` in the
   run directory; with ``tokenizer_path`` (or when the run directory already has one,
   as on ``--ckpt_path last``) it is loaded instead, and checkpoints carry it.
@@ -26,6 +27,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
 from .corpora import Corpus, load_corpus
+from .sharding import RNGNeutralLoader
 from .tokenizer import TokenizerKind, encode, run_tokenizer, train_tokenizer
 
 
@@ -34,13 +36,21 @@ class StreamWindows(IterableDataset):
 
     def __init__(self, streams: torch.Tensor, tgt_len: int) -> None:
         self.streams, self.tgt_len = streams, tgt_len
+        self._skip = 0
+
+    def skip_batches(self, batches: int, batch_size: int | None = None) -> None:
+        """Start the next ``__iter__`` at window ``batches`` (a mid-epoch resume)."""
+        if batches < 0:
+            raise ValueError(f"cannot skip {batches} windows")
+        self._skip = batches
 
     def __len__(self) -> int:
         return math.ceil((self.streams.shape[1] - 1) / self.tgt_len)
 
     def __iter__(self):
         length = self.streams.shape[1] - 1
-        for start in range(0, length, self.tgt_len):
+        skip, self._skip = self._skip, 0
+        for start in range(skip * self.tgt_len, length, self.tgt_len):
             end = min(start + self.tgt_len, length)
             yield self.streams[:, start:end], self.streams[:, start + 1:end + 1]
 
@@ -144,7 +154,9 @@ class TextDataModule(LightningDataModule):
         return StreamWindows(grid[rank * per_rank:(rank + 1) * per_rank], self.tgt_len)
 
     def _loader(self, split: str, per_rank: int) -> DataLoader:
-        return DataLoader(self._streams(split, per_rank), batch_size=None)
+        # Creating its iterator leaves the global RNG (dropout's) alone: a resumed run, which
+        # skips some iterators (e.g. a finished epoch's validation), stays exact (mmkit.resume).
+        return RNGNeutralLoader(self._streams(split, per_rank), batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size)

@@ -3,7 +3,8 @@
 - **Memory.** One memory per stage (train / val / test). It carries from one batch
   to the next, because :class:`~mmkit.data.TextDataModule` yields consecutive
   windows of parallel streams, and it is reset at every epoch start and before each
-  validation or test pass. On resume the memory restarts empty.
+  validation or test pass. Checkpoints carry the training memory
+  (``checkpoint["mmkit_mems"]``), so a run resumed mid-epoch continues with it.
 - **Loss.** The output normalizer's own loss (CE on σ(logits) for MultiMax,
   Fenchel-Young for the sparse ones). When the network has ``fused_head`` on and the
   output normalizer is SoftMax or a shared MultiMax, training uses the fused chunked
@@ -87,6 +88,24 @@ class LanguageModeling(LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.mems["train"] = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the training memory, unless the epoch has just ended (the next one starts
+        empty, and Lightning skips ``on_train_epoch_start`` after a restart on the last batch)."""
+        mems = self.mems["train"]
+        loop = self._trainer.fit_loop.epoch_loop if self._trainer is not None else None
+        if loop is not None and loop.batch_progress.is_last_batch:
+            mems = None
+        checkpoint["mmkit_mems"] = None if mems is None else [m.detach().cpu() for m in mems]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        mems = checkpoint.get("mmkit_mems")
+        self.mems["train"] = None if mems is None else [m.to(self.device) for m in mems]
+
+    def on_train_start(self) -> None:
+        mems = self.mems["train"]  # restored on the CPU before the model moved to its device
+        if mems is not None:
+            self.mems["train"] = [m.to(self.device) for m in mems]
 
     def on_validation_epoch_start(self) -> None:
         self.mems["val"] = None

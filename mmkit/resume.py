@@ -1,0 +1,155 @@
+"""Exact resume: a run killed at any step and resumed with ``--ckpt_path last`` ends with the
+same weights and metrics as the uninterrupted run (bit-identical on the CPU).
+
+Lightning's checkpoints already hold the weights, the optimizer, the LR schedulers and the
+loop progress. :class:`ExactResume` (installed by ``mmkit fit``) adds what they lack:
+
+- **RNG states.** The CPU (and CUDA) torch generators, numpy's and Python's ``random``
+  are saved with every checkpoint, one set per rank, and restored in ``on_train_start``,
+  after seeding, so dropout, drop-path and MixUp continue the uninterrupted stream.
+  Data loading draws nothing from them (:class:`mmkit.data.sharding.SeededSamples`).
+- **Data position.** Lightning restores ``batch_progress`` but re-reads a plain train
+  loader from its start; ``on_train_start`` tells each train loader to skip the batches
+  of the current epoch it has already trained on: any sampler, batch sampler or
+  dataset with a ``skip_batches(batches, batch_size)`` method
+  (:class:`~mmkit.data.sharding.ResumableSampler`, :class:`~mmkit.data.lm.StreamWindows`).
+  The loader's iterator is then created again, after the sampler's epoch is set, so
+  worker processes see both.
+- **Epoch boundary.** A checkpoint of an epoch's last batch resumes into the next epoch as
+  a normal epoch start (``on_train_epoch_start`` hooks and progress counts), which
+  Lightning 2.6 would skip. Lightning still skips the validation of that finished epoch,
+  so its validation metrics are missing from the resumed log (weights are unaffected).
+
+The LM task saves its Transformer-XL memory itself (``checkpoint["mmkit_mems"]``), and the
+tokenizer is reloaded from the run directory (:mod:`mmkit.data.lm`).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's RNG states: torch CPU, CUDA (when initialized), numpy and ``random``,
+    as tensors and numbers only (Lightning loads checkpoints with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (a CUDA state only where CUDA is in use)."""
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    py = states["python"]
+    random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _all_ranks(states: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rank's ``states`` (rank order); just ``[states]`` outside distributed runs."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [states]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, states)
+    return gathered
+
+
+def batches_to_skip(trainer: Trainer) -> int:
+    """How many batches of the current epoch a resumed run has already trained on: the
+    restored ``batch_progress`` when the run restarted mid-epoch, else 0 (at ``on_train_start``,
+    before the epoch loop moves its counters)."""
+    fit_loop = trainer.fit_loop
+    if not fit_loop.restarted_mid_epoch:
+        return 0
+    ready = fit_loop.epoch_loop.batch_progress.current.ready
+    total = trainer.num_training_batches
+    return 0 if ready >= total else ready  # a checkpoint of the epoch's last batch: next epoch
+
+
+class ExactResume(Callback):
+    """Save the RNG states with every checkpoint; on resume restore them and skip the
+    batches of the current epoch that were already trained on (see the module docstring).
+
+    Args:
+        warn_unskippable: warn when a run resumes mid-epoch but a train loader has no
+            ``skip_batches`` (it would repeat the epoch's first batches).
+    """
+
+    def __init__(self, warn_unskippable: bool = True) -> None:
+        self.warn_unskippable = warn_unskippable
+        self._restored: list[dict[str, Any]] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": _all_ranks(rng_states())}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = state_dict.get("rng")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._restored is None:  # a fresh run
+            return
+        saved, self._restored = self._restored, None
+        self._reposition_loaders(trainer, batches_to_skip(trainer))
+        fit_loop = trainer.fit_loop
+        if fit_loop.restarted_mid_epoch and fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # Saved on the epoch's last batch: Lightning moves on to the next epoch but, still
+            # flagged "mid-epoch", would skip its on_train_epoch_start hooks and its progress
+            # counts, so a later checkpoint would replay that epoch. Start it as a new epoch.
+            fit_loop.reset_restart_stage()
+        if trainer.global_rank < len(saved):
+            set_rng_states(saved[trainer.global_rank])
+        else:
+            rank_zero_warn(f"the checkpoint holds RNG states of {len(saved)} processes, this run has "
+                           f"{trainer.world_size}; ranks beyond them keep their seeded RNG (not exact)")
+
+    def _reposition_loaders(self, trainer: Trainer, skip: int) -> None:
+        fit_loop = trainer.fit_loop
+        combined = fit_loop._combined_loader
+        if combined is None:
+            return
+        missing = []
+        for loader in combined.flattened:
+            for owner in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+                if hasattr(owner, "set_epoch"):  # Lightning sets it later: too late for workers
+                    owner.set_epoch(trainer.current_epoch)
+            if skip and not _skip(loader, skip):
+                missing.append(type(getattr(loader, "dataset", loader)).__name__)
+        if missing and self.warn_unskippable:
+            rank_zero_warn(f"resuming mid-epoch, but the train loader(s) of {', '.join(missing)} cannot "
+                           "skip the batches already seen (no skip_batches); the epoch's first "
+                           f"{skip} batches are repeated")
+        if fit_loop._data_fetcher is not None:
+            iter(fit_loop._data_fetcher)  # new loader iterators that see the skip and the epoch
+
+
+def _skip(loader: Any, batches: int) -> bool:
+    """Ask the first of the loader's batch sampler, sampler and dataset that can to skip."""
+    batch_size = getattr(loader, "batch_size", None)
+    for owner in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None),
+                  getattr(loader, "dataset", None), loader):
+        if callable(getattr(owner, "skip_batches", None)):
+            owner.skip_batches(batches, None if owner is getattr(loader, "batch_sampler", None)
+                               else batch_size)
+            return True
+    return False
