@@ -45,3 +45,18 @@ def assert_sigma(logged: dict[str, float], network: torch.nn.Module) -> None:
             for j, key in enumerate(names):
                 expected = float(values.detach().reshape(-1, len(names))[:, j].mean())
                 assert logged[f"sigma/{layer}/{key}"] == pytest.approx(expected, abs=1e-6)
+
+
+def assert_vit_stats_match(logged: dict[str, float], network: torch.nn.Module, images: torch.Tensor) -> None:
+    """The logged per-block statistics equal the reference computed on ``images``."""
+    from mmkit.nn.attention import capture_attention
+
+    from .reference import reference_stats
+
+    calls: dict[int, list] = {}
+    with torch.no_grad(), capture_attention(lambda n, s, p, k: calls.setdefault(id(n), []).append((s, p, k))):
+        network(images)
+    for i, block in enumerate(network.blocks):
+        expected = reference_stats(calls[id(block.attn.normalizer)])
+        for stat in STATS:
+            assert logged[f"attn/blocks.{i}.attn/{stat}"] == pytest.approx(expected[stat], rel=1e-4, abs=1e-5)

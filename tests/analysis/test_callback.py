@@ -5,16 +5,13 @@ equal to a row-by-row reference on the same batch, and the learned σ parameters
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmkit.analysis.callback import AttentionStatistics
 from mmkit.cli import MMKitCLI
-from mmkit.nn.attention import capture_attention
 from mmkit.normalizers import NORMALIZERS
 
 from ..conftest import quiet_trainer_args
-from .logged import OVERLAY, ROOT, STATS, assert_sigma, assert_stats, last_row
-from .reference import reference_stats
+from .logged import OVERLAY, ROOT, assert_sigma, assert_stats, assert_vit_stats_match, last_row
 
 pytestmark = pytest.mark.usefixtures("in_tmp")
 
@@ -38,13 +35,7 @@ def test_vit_logs_finite_statistics_equal_to_the_reference(name, tmp_path):
     assert not any(k.startswith("attn/output_normalizer") for k in logged)
     # The same numbers from the final weights on the first validation batch only.
     images, _ = next(iter(cli.datamodule.val_dataloader()))
-    calls: dict[int, list] = {}
-    with torch.no_grad(), capture_attention(lambda n, s, p, k: calls.setdefault(id(n), []).append((s, p, k))):
-        network(images)
-    for i, block in enumerate(network.blocks):
-        expected = reference_stats(calls[id(block.attn.normalizer)])
-        for stat in STATS:
-            assert logged[f"attn/blocks.{i}.attn/{stat}"] == pytest.approx(expected[stat], rel=1e-4, abs=1e-5)
+    assert_vit_stats_match(logged, network, images)
     if name == "multimax":
         assert_sigma(logged, network)
         assert any(k.startswith("sigma/output_normalizer/") for k in logged)

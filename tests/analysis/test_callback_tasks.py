@@ -16,7 +16,7 @@ from mmkit.nn.attention import capture_attention
 from mmkit.normalizers import Entmax, MultiMax, SoftMax
 
 from ..conftest import quiet_trainer_args
-from .logged import OVERLAY, ROOT, STATS, assert_sigma, assert_stats, last_row
+from .logged import OVERLAY, ROOT, STATS, assert_sigma, assert_stats, assert_vit_stats_match, last_row
 from .reference import reference_stats
 
 
@@ -143,10 +143,4 @@ def test_ddp_totals_are_summed_over_ranks(tmp_path):
     network = cli.model.network.eval()  # the spawned ranks' trained weights
     cli.datamodule.setup("validate")
     images = torch.stack([cli.datamodule.val_set[i][0] for i in range(16)])
-    calls: dict[int, list] = {}
-    with torch.no_grad(), capture_attention(lambda n, s, p, k: calls.setdefault(id(n), []).append((s, p, k))):
-        network(images)
-    for i, block in enumerate(network.blocks):
-        expected = reference_stats(calls[id(block.attn.normalizer)])
-        for stat in STATS:
-            assert logged[f"attn/blocks.{i}.attn/{stat}"] == pytest.approx(expected[stat], rel=1e-4, abs=1e-5)
+    assert_vit_stats_match(logged, network, images)
