@@ -20,6 +20,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,8 @@ class AblationSpec:
         for path in self.configs:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"base config {path!r} does not exist")
-        self.overlays  # noqa: B018  (resolve now: unknown normalizers fail before any cell runs)
-        if len({c.id for c in self.cells()}) != len(self.cells()):
+        cells = self.cells()  # resolves the overlays now: unknown normalizers fail before any cell runs
+        if len({c.id for c in cells}) != len(cells):
             raise ValueError("two cells would share a directory: base configs and normalizers need "
                              "distinct file names, and seeds must not repeat")
 
@@ -66,7 +67,7 @@ class AblationSpec:
     def root(self) -> Path:
         return Path(self.output_dir) / self.name
 
-    @property
+    @cached_property
     def overlays(self) -> dict[str, str]:
         """Normalizer label -> overlay YAML (a registry name is looked up in ``normalizer_dir``)."""
         found = {}
