@@ -150,8 +150,12 @@ class HalfOps(TorchDispatchMode):
         return out
 
 
-#: Half-precision results a normalizer may make: the -inf check (amin) and the final cast.
+#: Half-precision results a normalizer may make: the -inf check (amin) and the final cast;
+#: on CUDA the Triton kernels read half scores and compute in fp32 in registers, so their
+#: half tensors are only allocations and views (the output they write, reshaped).
 ALLOWED_HALF_OPS = {"amin", "_to_copy"}
+NO_ARITHMETIC_OPS = {"empty", "empty_like", "empty_strided", "view", "_unsafe_view", "permute",
+                     "transpose", "expand", "as_strided", "alias", "detach"}
 
 
 def assert_computed_in_fp32(calls: list, half: torch.dtype) -> None:
@@ -167,7 +171,8 @@ def assert_computed_in_fp32(calls: list, half: torch.dtype) -> None:
         assert ref.dtype == torch.float32 and torch.equal(again, out)
         bad = (out != ref.to(half)).sum().item()
         assert bad == 0, f"{type(module).__name__}: {bad}/{out.numel()} entries differ from fp32"
-        assert spy.ops <= ALLOWED_HALF_OPS, f"{type(module).__name__} computed {spy.ops} in {half}"
+        allowed = ALLOWED_HALF_OPS | (NO_ARITHMETIC_OPS if scores.is_cuda else set())
+        assert spy.ops <= allowed, f"{type(module).__name__} computed {spy.ops} in {half}"
 
 
 @pytest.mark.parametrize("task, name", CELLS)

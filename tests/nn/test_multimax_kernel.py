@@ -135,10 +135,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare(flash: ModuleType, *, nq: int, nk: int, d: int = 16, order: int = 2,
             per_head: bool = False, causal: bool = False, lengths: list[int] | None = None,
             dtype: torch.dtype = torch.float32, block: int | list[int] = 32,
-            seed: int = 0) -> dict[str, float]:
+            seed: int = 0, param_grad: bool = True) -> dict[str, float]:
     """Relative errors (kernel vs fp64 reference) of O and all gradients.
 
     ``block``: square tiles, or the 10 fields of a ``BlockConfig`` (non-square tiles).
+    ``param_grad=False``: the SegLU parameters need no gradient (the kernel skips their
+    partial sums); only O, dq, dk and dv are compared.
     """
     tiles = flash.BlockConfig(*block) if isinstance(block, list | tuple) else block
     gen = torch.Generator().manual_seed(seed)
@@ -157,10 +159,10 @@ def compare(flash: ModuleType, *, nq: int, nk: int, d: int = 16, order: int = 2,
     ref_grads = torch.autograd.grad(ref, [*ref_in, norm.ranges, norm.ts], grad.double())
 
     ker_in = [t.clone().requires_grad_() for t in (q, k, v)]
-    ranges = norm.ranges.detach().float().requires_grad_()
-    ts = norm.ts.detach().float().requires_grad_()
+    ranges = norm.ranges.detach().float().requires_grad_(param_grad)
+    ts = norm.ts.detach().float().requires_grad_(param_grad)
     out = flash.multimax_flash_attention(*ker_in, ranges, ts, mask=mask, causal=causal, block=tiles)
-    grads = torch.autograd.grad(out, [*ker_in, ranges, ts], grad)
+    grads = torch.autograd.grad(out, [*ker_in, ranges, ts] if param_grad else ker_in, grad)
 
     assert out.dtype == dtype and all(g.dtype == t.dtype for g, t in zip(grads, [*ker_in, ranges, ts]))
     assert all(torch.isfinite(t).all() for t in (out, *grads))
@@ -188,12 +190,16 @@ FAST = {
     "causal-short-queries-per-head-order1": dict(nq=20, nk=66, causal=True, per_head=True, order=1,
                                                  block=LIKE_CUDA),
     "padding+causal-empty-row": dict(nq=40, nk=40, causal=True, lengths=[33, 0], block=MIRRORED),
+    "order3-causal": dict(nq=40, nk=40, causal=True, order=3, block=LIKE_CUDA),
+    "no-parameter-grad": dict(nq=40, nk=40, causal=True, lengths=[33, 40], param_grad=False),
 }
 
 
 @pytest.mark.parametrize("case", list(FAST))
 def test_fp32_matches_reference(interp, case):
-    assert_close(interp.compare(**FAST[case]), 1e-4)
+    errors = interp.compare(**FAST[case])
+    assert len(errors) == (4 if FAST[case].get("param_grad") is False else 6)
+    assert_close(errors, 1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -235,6 +235,9 @@ def test_cuda_kernels_match_torch_path(kind, n, dtype):
     tol = 2e-6 if dtype == torch.float32 else torch.finfo(dtype).eps
     assert_close(y1, y2, tol, "forward")
     assert_close(g1, g2, 10 * tol if dtype == torch.float32 else 8 * tol, "backward")
+    name = kind[0]
+    if name.startswith("bisect"):  # a float alpha (1.5 and 2 take the closed-form kernels)
+        y1, g1, _ = fwd_bwd(lambda t: ts.triton_entmax_bisect(t, float(name[6:]), mc, -1), xc, gc)
     assert torch.equal(y1, y3) and torch.equal(g1, g3)
 
 

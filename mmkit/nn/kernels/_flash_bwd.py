@@ -7,6 +7,8 @@ Two kernels, no per-element atomics:
   gradient partials: ``dσ`` times the ``4·ORDER`` raw factors, summed over the tile
   in registers, accumulated across the program's loop in a ``[BLOCK_M, NP]`` register
   tile, and written once per program to an fp32 buffer ``[BH, num_blocks, NP]``.
+  ``PARTIALS`` picks the accumulators: 1, one ``[BLOCK_M]`` vector per sum (orders 1
+  and 2); 2, a ``[BLOCK_M, NP]`` tile (any order); 0, none (parameters without grad).
 * ``mm_bwd_dkdv_kernel`` (one program per key block) computes ``dk`` and ``dv``.
 
 Both recompute ``a = q·k``, ``x = L·σ(scale·a)`` and its slope ``c·σ′``, and
@@ -47,11 +49,26 @@ def _param_partials(gpart, dsig, a, prm, ORDER: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
-def _dq_loop(dq, gpart, q, do, lse, delta, K, V, MASK, prm, k_base, v_base, mask_base,
-             stride_kn, stride_vn, stride_mk, lo, hi, offs_m, n_k, off, c,
+def _piece_sums(dsig, a, prm, i: tl.constexpr):
+    """Row sums ``[BLOCK_M]`` of ``dσ`` times the four raw factors of order ``i + 1``."""
+    b, d, tb, td = _load_piece(prm, i)
+    ub = tl.maximum(b - a, 0.0)
+    ud = tl.maximum(a - d, 0.0)
+    if i == 0:
+        wb = tl.where(ub > 0.0, dsig, 0.0)
+        wd = tl.where(ud > 0.0, dsig, 0.0)
+    else:
+        wb = dsig * _pow(ub, i)
+        wd = dsig * _pow(ud, i)
+    return tl.sum(wb, 1), tl.sum(wd, 1), tl.sum(wb * ub, 1), tl.sum(wd * ud, 1)
+
+
+@triton.jit
+def _dq_loop(dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7, q, do, lse, delta, K, V, MASK, prm,
+             k_base, v_base, mask_base, stride_kn, stride_vn, stride_mk, lo, hi, offs_m, n_k, off, c,
              HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
              ORDER: tl.constexpr, NP: tl.constexpr, BOUNDARY: tl.constexpr, CAUSAL: tl.constexpr,
-             HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+             HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, PARTIALS: tl.constexpr):
     offs_d = tl.arange(0, HEAD_DIM)
     offs_v = tl.arange(0, V_DIM)
     for start_n in range(lo, hi, BLOCK_N):
@@ -76,8 +93,15 @@ def _dq_loop(dq, gpart, q, do, lse, delta, K, V, MASK, prm, k_base, v_base, mask
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
         dsig = p * (dp - delta[:, None])  # gradient w.r.t. σ(s)
         dq += tl.dot((dsig * slope).to(k.dtype), k, input_precision=PRECISION)
-        gpart = _param_partials(gpart, dsig, a, prm, ORDER, NP)
-    return dq, gpart
+        if PARTIALS == 1:  # one [BLOCK_M] accumulator per sum (orders 1 and 2)
+            s0, s1, s2, s3 = _piece_sums(dsig, a, prm, 0)
+            g0, g1, g2, g3 = g0 + s0, g1 + s1, g2 + s2, g3 + s3
+            if ORDER == 2:
+                s4, s5, s6, s7 = _piece_sums(dsig, a, prm, 1)
+                g4, g5, g6, g7 = g4 + s4, g5 + s5, g6 + s6, g7 + s7
+        elif PARTIALS == 2:  # a [BLOCK_M, NP] accumulator (any order)
+            gpart = _param_partials(gpart, dsig, a, prm, ORDER, NP)
+    return dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7
 
 
 @triton.jit
@@ -89,7 +113,8 @@ def mm_bwd_dq_kernel(Q, K, V, DO, OUT, LSE, DELTA, DQ, PART, PRM, MASK,
                      H, N_Q, N_K, c, ln2,
                      HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, ORDER: tl.constexpr, NP: tl.constexpr,
-                     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
+                     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, PRECISION: tl.constexpr,
+                     PARTIALS: tl.constexpr):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     if CAUSAL:  # the longest rows first
@@ -117,21 +142,35 @@ def mm_bwd_dq_kernel(Q, K, V, DO, OUT, LSE, DELTA, DQ, PART, PRM, MASK,
     off = N_K - N_Q
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     gpart = tl.zeros([BLOCK_M, NP], dtype=tl.float32)
+    g0 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    g1, g2, g3, g4, g5, g6, g7 = g0, g0, g0, g0, g0, g0, g0
     full, hi = query_key_bounds(start_m, N_K, off, BLOCK_M, BLOCK_N, CAUSAL)
     k_base = b * stride_kb + h * stride_kh
     v_base = b * stride_vb + h * stride_vh
     mask_base = b * stride_mb + h * stride_mh
-    dq, gpart = _dq_loop(dq, gpart, q, do, lse, delta, K, V, MASK, prm, k_base, v_base, mask_base,
-                         stride_kn, stride_vn, stride_mk, 0, full, offs_m, N_K, off, c,
-                         HEAD_DIM, V_DIM, BLOCK_N, ORDER, NP, False, CAUSAL, HAS_MASK, PRECISION)
-    dq, gpart = _dq_loop(dq, gpart, q, do, lse, delta, K, V, MASK, prm, k_base, v_base, mask_base,
-                         stride_kn, stride_vn, stride_mk, full, hi, offs_m, N_K, off, c,
-                         HEAD_DIM, V_DIM, BLOCK_N, ORDER, NP, True, CAUSAL, HAS_MASK, PRECISION)
+    dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7 = _dq_loop(
+        dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7, q, do, lse, delta, K, V, MASK, prm,
+        k_base, v_base, mask_base, stride_kn, stride_vn, stride_mk, 0, full, offs_m, N_K, off, c,
+        HEAD_DIM, V_DIM, BLOCK_N, ORDER, NP, False, CAUSAL, HAS_MASK, PRECISION,
+        PARTIALS)
+    dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7 = _dq_loop(
+        dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7, q, do, lse, delta, K, V, MASK, prm,
+        k_base, v_base, mask_base, stride_kn, stride_vn, stride_mk, full, hi, offs_m, N_K, off, c,
+        HEAD_DIM, V_DIM, BLOCK_N, ORDER, NP, True, CAUSAL, HAS_MASK, PRECISION,
+        PARTIALS)
 
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
     tl.store(dq_ptrs, (dq * ln2).to(DQ.dtype.element_ty), mask=row_ok[:, None])
-    part = (bh.to(tl.int64) * tl.num_programs(0) + pid) * NP + tl.arange(0, NP)
-    tl.store(PART + part, tl.sum(gpart, 0))  # one write per program
+    cols = tl.arange(0, NP)
+    part = (bh.to(tl.int64) * tl.num_programs(0) + pid) * NP + cols
+    if PARTIALS == 1:  # one write per program
+        sums = tl.where(cols == 0, tl.sum(g0, 0), 0.0) + tl.where(cols == 1, tl.sum(g1, 0), 0.0)
+        sums += tl.where(cols == 2, tl.sum(g2, 0), 0.0) + tl.where(cols == 3, tl.sum(g3, 0), 0.0)
+        sums += tl.where(cols == 4, tl.sum(g4, 0), 0.0) + tl.where(cols == 5, tl.sum(g5, 0), 0.0)
+        sums += tl.where(cols == 6, tl.sum(g6, 0), 0.0) + tl.where(cols == 7, tl.sum(g7, 0), 0.0)
+        tl.store(PART + part, sums)
+    elif PARTIALS == 2:
+        tl.store(PART + part, tl.sum(gpart, 0))
 
 
 @triton.jit

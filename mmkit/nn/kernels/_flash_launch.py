@@ -43,7 +43,7 @@ class BlockConfig:
 #: ``(half precision?, head dim ≤ 64?)`` -> tiles. Half precision: large tiles whose sm_90a
 #: build (bf16, order 2, causal + key mask, 16-aligned pointers and strides) reports no
 #: register spills in ``ptxas -v``, in the FlashAttention-2 shape (short inner steps in
-#: the backward: 32 keys for dq, 32 queries for dk/dv). fp32 (3xTF32 dots) is for
+#: the backward: 32 keys for dq, 32 queries for dk/dv). fp32 (full-precision dots unless TF32 is allowed) is for
 #: correctness, not speed. Not yet tuned by timing on a GPU.
 CUDA_CONFIGS = {
     (True, True): BlockConfig(128, 64, 8, 3, 128, 32, 32, 128, 8, 3),
@@ -106,9 +106,9 @@ def unfold_gradients(partials: Tensor, ranges: Tensor, ts: Tensor, order: int, s
 
 
 def _precision(x: Tensor) -> str:
-    """fp32 dots: TF32 when torch allows it for matmuls, else 3xTF32 (about fp32 accuracy)."""
+    """fp32 dots: TF32 when torch allows it for matmuls, else full fp32 (``ieee``)."""
     if x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "tf32x3"
+        return "ieee"
     return "tf32"  # ignored for fp16/bf16 inputs
 
 
@@ -139,36 +139,68 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, prm: Tensor, key_mask: Tensor
     return out, lse
 
 
-def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                   prm: Tensor, key_mask: Tensor | None, causal: bool, scale: float, order: int,
-                   cfg: BlockConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv, partials [B·H, blocks, NP])``: dq kernel first (it also stores Δ)."""
+def partials_mode(order: int, param_grad: bool) -> int:
+    """The dq kernel's ``PARTIALS``: 0 without parameter gradients, 1 (per-row vector
+    accumulators) for orders 1–2, 2 (a ``[BLOCK_M, NP]`` tile) for higher orders."""
+    if not param_grad:
+        return 0
+    return 1 if order <= 2 else 2
+
+
+def launch_dq(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, prm: Tensor,
+              key_mask: Tensor | None, causal: bool, scale: float, order: int, cfg: BlockConfig,
+              partials: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, Δ [B·H, Nq] fp32, partials [B·H, blocks, NP] fp32)``; the partials are
+    unwritten when ``partials == 0``."""
     bsz, heads, n_q, dim = q.shape
     n_k, v_dim = k.shape[2], v.shape[3]
-    if do.stride(-1) != 1:
-        do = do.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq = torch.empty_like(q)
     delta = torch.empty(bsz * heads, n_q, device=q.device, dtype=torch.float32)
     num_m = triton.cdiv(n_q, cfg.dq_m)
-    np_cols = triton.next_power_of_2(4 * order)
-    partials = torch.empty(bsz * heads, num_m, np_cols, device=q.device, dtype=torch.float32)
+    np_cols = triton.next_power_of_2(max(4 * order, 1))
+    part = torch.empty(bsz * heads, num_m, np_cols, device=q.device, dtype=torch.float32)
     mask, mstr = _mask_args(key_mask, q)
-    ph = prm.stride(0) if prm.shape[0] > 1 else 0
-    common = dict(HEAD_DIM=dim, V_DIM=v_dim, ORDER=order, CAUSAL=causal,
-                  HAS_MASK=key_mask is not None, PRECISION=_precision(q),
-                  num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
     mm_bwd_dq_kernel[(num_m, bsz * heads)](
-        q, k, v, do, out, lse, delta, dq, partials, prm, mask,
+        q, k, v, do, out, lse, delta, dq, part, prm, mask,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *out.stride()[:3],
-        *dq.stride()[:3], *mstr, ph,
+        *dq.stride()[:3], *mstr, prm.stride(0) if prm.shape[0] > 1 else 0,
         heads, n_q, n_k, LOG2E * scale, LN2,
-        BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n, NP=np_cols, **common,
+        HEAD_DIM=dim, V_DIM=v_dim, BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n, ORDER=order, NP=np_cols,
+        CAUSAL=causal, HAS_MASK=key_mask is not None, PRECISION=_precision(q), PARTIALS=partials,
+        num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
     )
+    return dq, delta, part
+
+
+def launch_dkdv(do: Tensor, q: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta: Tensor,
+                prm: Tensor, key_mask: Tensor | None, causal: bool, scale: float, order: int,
+                cfg: BlockConfig) -> tuple[Tensor, Tensor]:
+    """``(dk, dv)``; needs the ``Δ`` of :func:`launch_dq`."""
+    bsz, heads, n_q, dim = q.shape
+    n_k, v_dim = k.shape[2], v.shape[3]
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    mask, mstr = _mask_args(key_mask, q)
     mm_bwd_dkdv_kernel[(triton.cdiv(n_k, cfg.dkdv_n), bsz * heads)](
         q, k, v, do, lse, delta, dk, dv, prm, mask,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-        *dk.stride()[:3], *dv.stride()[:3], *mstr, ph,
+        *dk.stride()[:3], *dv.stride()[:3], *mstr, prm.stride(0) if prm.shape[0] > 1 else 0,
         heads, n_q, n_k, LOG2E * scale, LN2,
-        BLOCK_M=cfg.dkdv_m, BLOCK_N=cfg.dkdv_n, **common,
+        HEAD_DIM=dim, V_DIM=v_dim, BLOCK_M=cfg.dkdv_m, BLOCK_N=cfg.dkdv_n, ORDER=order,
+        CAUSAL=causal, HAS_MASK=key_mask is not None, PRECISION=_precision(q),
+        num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
     )
-    return dq, dk, dv, partials
+    return dk, dv
+
+
+def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                   prm: Tensor, key_mask: Tensor | None, causal: bool, scale: float, order: int,
+                   cfg: BlockConfig, param_grad: bool = True
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(dq, dk, dv, partials [B·H, blocks, NP] or None without param_grad)``: the dq
+    kernel first (it also stores Δ), then the dk/dv one."""
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    mode = partials_mode(order, param_grad)
+    dq, delta, part = launch_dq(do, q, k, v, out, lse, prm, key_mask, causal, scale, order, cfg, mode)
+    dk, dv = launch_dkdv(do, q, k, v, lse, delta, prm, key_mask, causal, scale, order, cfg)
+    return dq, dk, dv, part if param_grad else None

@@ -52,10 +52,13 @@ class _MultiMaxFlash(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, k, v, out, lse, prm, ranges, ts, key_mask = ctx.saved_tensors
+        param_grad = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
         dq, dk, dv, partials = flash_backward(grad_out, q, k, v, out, lse, prm, key_mask,
-                                              ctx.causal, ctx.scale, ctx.order, ctx.cfg)
-        grad_r, grad_t = unfold_gradients(partials, ranges, ts, ctx.order, ctx.scale,
-                                          q.shape[0], q.shape[1])
+                                              ctx.causal, ctx.scale, ctx.order, ctx.cfg, param_grad)
+        grad_r = grad_t = None
+        if partials is not None:
+            grad_r, grad_t = unfold_gradients(partials, ranges, ts, ctx.order, ctx.scale,
+                                              q.shape[0], q.shape[1])
         return dq, dk, dv, grad_r, grad_t, None, None, None, None, None
 
 
