@@ -40,14 +40,14 @@ class BlockConfig:
     bwd_stages: int
 
 
-#: ``(half precision?, head dim ≤ 64?)`` -> tiles. Half precision: large tiles whose sm_90a
-#: build (bf16, order 2, causal + key mask, 16-aligned pointers and strides) reports no
-#: register spills in ``ptxas -v``, in the FlashAttention-2 shape (short inner steps in
-#: the backward: 32 keys for dq, 32 queries for dk/dv). fp32 (full-precision dots unless TF32 is allowed) is for
-#: correctness, not speed. Not yet tuned by timing on a GPU.
+#: ``(half precision?, head dim ≤ 64?)`` -> tiles. Half precision, head dim 64: the fastest
+#: of a sweep timed on an H100 (bf16, order 2, causal, B4 H12 N4096; tools/profile_flash.py
+#: --sweep): 64×64 tiles, 4 warps, 3 stages in the forward and dq kernels, 64 keys × 32
+#: queries in dk/dv. Head dim 128 (the same sweep at H6): the same, with 32-key steps in
+#: dq. fp32 (full-precision dots unless TF32 is allowed) is for correctness, not speed.
 CUDA_CONFIGS = {
-    (True, True): BlockConfig(128, 64, 8, 3, 128, 32, 32, 128, 8, 3),
-    (True, False): BlockConfig(128, 64, 8, 2, 128, 32, 32, 64, 8, 2),
+    (True, True): BlockConfig(64, 64, 4, 3, 64, 64, 32, 64, 4, 3),
+    (True, False): BlockConfig(64, 64, 4, 3, 64, 32, 32, 64, 4, 3),
     (False, True): BlockConfig(64, 32, 4, 2, 32, 32, 32, 32, 4, 2),
     (False, False): BlockConfig(64, 32, 4, 2, 32, 16, 32, 32, 4, 2),
 }
