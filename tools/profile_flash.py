@@ -159,6 +159,14 @@ def host_overhead(head_dim: int, calls: int = 200) -> None:
             fn()
         torch.cuda.synchronize()
         print(f"| {name} | {(time.perf_counter() - start) / calls * 1e6:.0f} |")
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(20):
+            full()
+        torch.cuda.synchronize()
+    print("\n# CPU profile of 20 autograd fwd+bwd calls (self CPU time)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
 
 
 if __name__ == "__main__":

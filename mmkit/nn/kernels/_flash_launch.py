@@ -6,6 +6,7 @@ with tensor ops, and the parameter-gradient partials are summed with ``torch.sum
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -74,16 +75,27 @@ def pick_config(head_dim: int, dtype: torch.dtype, device: torch.device,
     return BlockConfig(b, b, 4, 1, b, b, b, b, 4, 1)
 
 
+@functools.lru_cache(maxsize=64)
+def _coefficients(order: int, scale: float, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-order constants, made once per ``(order, scale, device)``: ``[N, 1]`` L·scaleⁿ
+    (folding ``ts``), ``[N, 2]`` ±n·scaleⁿ⁻¹ (gradients of b and d), ``[N, 1]`` scaleⁿ."""
+    n = torch.arange(1, order + 1, dtype=torch.float64)[:, None]  # [N, 1]
+    sign = torch.tensor([[1.0, -1.0]], dtype=torch.float64)  # b: +, d: −
+    consts = (LOG2E * scale ** n, n * scale ** (n - 1) * sign, scale ** n)
+    return tuple(c.to(device=device, dtype=torch.float32) for c in consts)
+
+
 def fold_parameters(ranges: Tensor, ts: Tensor, order: int, scale: float) -> Tensor:
     """``[Hp, 4·order]`` fp32 buffer ``[b″, d″, tb″, td″]`` per order (see ``_flash_common``).
 
-    ``ranges``/``ts`` are ``[2N]`` (shared, Hp = 1) or ``[H, 2N]`` (per head).
+    ``ranges``/``ts`` are ``[2N]`` (shared, Hp = 1) or ``[H, 2N]`` (per head). Three small
+    device ops: the host cost matters at short sequences.
     """
     r = ranges.detach().float().reshape(-1, order, 2)  # [Hp, N, (b, d)]
     t = ts.detach().float().reshape(-1, order, 2)  # [Hp, N, (tb, td)]
-    powers = torch.arange(1, order + 1, device=r.device, dtype=torch.float32)
-    t_fold = t * (LOG2E * scale ** powers)[None, :, None]  # L·t·scaleⁿ
-    return torch.cat([r / scale, t_fold], dim=-1).reshape(r.shape[0], 4 * order).contiguous()
+    fold_t, _, _ = _coefficients(order, float(scale), r.device)
+    folded = torch.cat([r * (1.0 / scale), t * fold_t], dim=-1)  # [Hp, N, 4]; L·t·scaleⁿ
+    return folded.view(r.shape[0], 4 * order)
 
 
 def unfold_gradients(partials: Tensor, ranges: Tensor, ts: Tensor, order: int, scale: float,
@@ -93,15 +105,13 @@ def unfold_gradients(partials: Tensor, ranges: Tensor, ts: Tensor, order: int, s
     ``partials`` is ``[B·H, blocks, NP]``; the first ``4·order`` columns per order are
     ``Σ dσ·u_bⁿ⁻¹, Σ dσ·u_dⁿ⁻¹, Σ dσ·u_bⁿ, Σ dσ·u_dⁿ`` in units of the raw dot product.
     """
-    g = partials[..., : 4 * order].sum(1).view(batch, heads, order, 4)  # [B, H, N, 4]
-    g = g.sum(0) if ranges.ndim == 2 else g.sum((0, 1))  # [H, N, 4] or [N, 4]
-    n = torch.arange(1, order + 1, device=g.device, dtype=torch.float32)
-    t = ts.detach().float().reshape(*g.shape[:-1], 2)
-    s_n, s_n1 = scale ** n, n * scale ** (n - 1)  # ∂(scale·u)ⁿ pieces
-    grad_b = t[..., 0] * s_n1 * g[..., 0]  # tb·n·relu(b − s)ⁿ⁻¹
-    grad_d = -t[..., 1] * s_n1 * g[..., 1]  # −td·n·relu(s − d)ⁿ⁻¹
-    grad_r = torch.stack([grad_b, grad_d], -1).reshape(ranges.shape)
-    grad_t = (g[..., 2:] * s_n[..., None]).reshape(ts.shape)  # relu(·)ⁿ
+    p = partials.view(batch, heads, partials.shape[1], partials.shape[2])[..., : 4 * order]
+    g = p.sum((0, 2) if ranges.ndim == 2 else (0, 1, 2))  # [H, 4N] or [4N]
+    g = g.view(*g.shape[:-1], order, 4)  # [(H,) N, 4]
+    _, bd, s_n = _coefficients(order, float(scale), g.device)
+    t = ts.detach().float().view(*g.shape[:-1], 2)  # [(H,) N, (tb, td)]
+    grad_r = (t * g[..., :2] * bd).view(ranges.shape)  # ±t·n·scaleⁿ⁻¹·Σ dσ·relu(·)ⁿ⁻¹
+    grad_t = (g[..., 2:] * s_n).reshape(ts.shape)  # scaleⁿ·Σ dσ·relu(·)ⁿ
     return grad_r.to(ranges.dtype), grad_t.to(ts.dtype)
 
 
