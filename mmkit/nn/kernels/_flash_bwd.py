@@ -28,27 +28,6 @@ from ._flash_common import _load_piece, _pow, keep_tile, load_key_keep, query_ke
 
 
 @triton.jit
-def _param_partials(gpart, dsig, a, prm, ORDER: tl.constexpr, NP: tl.constexpr):
-    """Add this tile's row sums of ``dσ`` times the raw parameter factors to ``gpart``."""
-    cols = tl.arange(0, NP)[None, :]
-    for i in tl.static_range(ORDER):
-        b, d, tb, td = _load_piece(prm, i)
-        ub = tl.maximum(b - a, 0.0)
-        ud = tl.maximum(a - d, 0.0)
-        if i == 0:
-            wb = tl.where(ub > 0.0, dsig, 0.0)
-            wd = tl.where(ud > 0.0, dsig, 0.0)
-        else:
-            wb = dsig * _pow(ub, i)
-            wd = dsig * _pow(ud, i)
-        gpart += tl.where(cols == 4 * i, tl.sum(wb, 1)[:, None], 0.0)
-        gpart += tl.where(cols == 4 * i + 1, tl.sum(wd, 1)[:, None], 0.0)
-        gpart += tl.where(cols == 4 * i + 2, tl.sum(wb * ub, 1)[:, None], 0.0)
-        gpart += tl.where(cols == 4 * i + 3, tl.sum(wd * ud, 1)[:, None], 0.0)
-    return gpart
-
-
-@triton.jit
 def _piece_sums(dsig, a, prm, i: tl.constexpr):
     """Row sums ``[BLOCK_M]`` of ``dσ`` times the four raw factors of order ``i + 1``."""
     b, d, tb, td = _load_piece(prm, i)
@@ -61,6 +40,19 @@ def _piece_sums(dsig, a, prm, i: tl.constexpr):
         wb = dsig * _pow(ub, i)
         wd = dsig * _pow(ud, i)
     return tl.sum(wb, 1), tl.sum(wd, 1), tl.sum(wb * ub, 1), tl.sum(wd * ud, 1)
+
+
+@triton.jit
+def _param_partials(gpart, dsig, a, prm, ORDER: tl.constexpr, NP: tl.constexpr):
+    """Add this tile's row sums of ``dσ`` times the raw parameter factors to ``gpart``."""
+    cols = tl.arange(0, NP)[None, :]
+    for i in tl.static_range(ORDER):
+        s0, s1, s2, s3 = _piece_sums(dsig, a, prm, i)
+        gpart += tl.where(cols == 4 * i, s0[:, None], 0.0)
+        gpart += tl.where(cols == 4 * i + 1, s1[:, None], 0.0)
+        gpart += tl.where(cols == 4 * i + 2, s2[:, None], 0.0)
+        gpart += tl.where(cols == 4 * i + 3, s3[:, None], 0.0)
+    return gpart
 
 
 @triton.jit
