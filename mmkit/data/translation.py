@@ -25,7 +25,7 @@ from lightning.pytorch import LightningDataModule
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
-from .sharding import ShardSampler, rank_and_world, train_sampler
+from .sharding import RNGNeutralLoader, ShardSampler, rank_and_world, train_sampler
 from .tokenizer import run_tokenizer, train_tokenizer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3 = the model's pad/bos/eos defaults
@@ -178,18 +178,20 @@ class TranslationDataModule(LightningDataModule):
         # Each item is one token batch. The seeded sampler reshuffles the batches every
         # epoch and deals them round-robin to the ranks (equal counts, the rest dropped),
         # so step k on N processes sees batches N·k .. N·k+N-1 of the 1-process order.
-        # Being a DistributedSampler, Lightning does not try to re-shard it.
+        # Being a DistributedSampler, Lightning does not try to re-shard it. Creating the
+        # loaders' iterators draws nothing from the global RNG (dropout's), so a resumed
+        # run continues the same random stream (mmkit.resume).
         rows = self.encoded["train"]
         batches = _TokenBatches(self._token_batches(rows), rows, self.collate)
         world = rank_and_world(self.trainer)[1]
         sampler = train_sampler(batches, self.trainer, seed=self.hp.seed,
                                 drop_last=len(batches) >= world)
-        return DataLoader(batches, batch_size=None, sampler=sampler)
+        return RNGNeutralLoader(batches, batch_size=None, sampler=sampler)
 
     def _eval_loader(self, split: str) -> DataLoader:
         rows = [(s, t, i) for i, (s, t) in enumerate(self.encoded[split])]
-        return DataLoader(rows, batch_size=self.hp.eval_batch_size, collate_fn=self.collate,
-                          sampler=ShardSampler(rows, self.trainer))  # unpadded shards
+        return RNGNeutralLoader(rows, batch_size=self.hp.eval_batch_size, collate_fn=self.collate,
+                                sampler=ShardSampler(rows, self.trainer))  # unpadded shards
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("valid")
