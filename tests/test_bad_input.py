@@ -12,6 +12,7 @@ import csv
 import hashlib
 import os
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -311,6 +312,23 @@ def test_image_folder_of_mixed_sizes_is_resized(tmp_path):
         for loader in (dm.train_dataloader(), dm.val_dataloader()):
             images, labels = next(iter(loader))
             assert images.shape == (6, 3, 24, 24) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_unreadable_image_file_is_an_error_naming_it(tmp_path, damage):
+    """A corrupt or truncated file in an image folder: a ValueError (one `mmkit: error:`
+    line from the command) that names the file, not PIL's traceback."""
+    from mmkit.data import ImageDataModule
+
+    root = image_folder(tmp_path, [(20, 20)] * 4)
+    bad = root / "train" / "dog" / "2.png"
+    data = bad.read_bytes()
+    bad.write_bytes(b"this is not an image" if damage == "garbage" else data[: len(data) // 2])
+    dm = ImageDataModule(dataset="imagefolder", root=str(root), img_size=16, batch_size=8)
+    dm.setup("fit")
+    next(iter(dm.val_dataloader()))  # the intact split still loads
+    with pytest.raises(ValueError, match=f"cannot read the image {re.escape(str(bad))} .*replace or remove"):
+        next(iter(dm.train_dataloader()))  # 8 images: the whole split, the bad one included
 
 
 # --- the NaN/Inf guard ---------------------------------------------------------------------

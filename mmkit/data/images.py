@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets
 
@@ -39,6 +40,16 @@ INFO: dict[str, dict] = {
 }
 _CIFAR = {"cifar10": (datasets.CIFAR10, "cifar-10-batches-py"),
           "cifar100": (datasets.CIFAR100, "cifar-100-python")}
+
+
+def load_image(path: str) -> Image.Image:
+    """The RGB image at ``path`` (``ImageFolder``'s loader); a file PIL cannot read (corrupt,
+    truncated, not an image) is a ``ValueError`` that names it, not a PIL traceback."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as err:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+        raise ValueError(f"cannot read the image {path} ({err}); replace or remove the file") from err
 
 
 class TensorImages(Dataset):
@@ -199,10 +210,11 @@ class ImageDataModule(LightningDataModule):
             self.val_set = (_Transformed(Subset(full, val.tolist()), eval_tf) if len(val)
                             else self.test_set)
         else:
-            self.train_set = datasets.ImageFolder(self._folder("train"), transform=train_tf)
-            self.val_set = datasets.ImageFolder(self._folder("val"), transform=eval_tf)
+            self.train_set = datasets.ImageFolder(self._folder("train"), transform=train_tf,
+                                                  loader=load_image)
+            self.val_set = datasets.ImageFolder(self._folder("val"), transform=eval_tf, loader=load_image)
             test_dir = self.root / "test"
-            self.test_set = (datasets.ImageFolder(test_dir, transform=eval_tf)
+            self.test_set = (datasets.ImageFolder(test_dir, transform=eval_tf, loader=load_image)
                              if test_dir.is_dir() else self.val_set)
             self.info = dict(self.info, classes=len(self.train_set.classes))
         for name in ("train_set", "val_set", "test_set"):
