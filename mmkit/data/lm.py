@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .corpora import Corpus, load_corpus
 from .sharding import RNGNeutralLoader
-from .tokenizer import TokenizerKind, encode, run_tokenizer, train_tokenizer
+from .tokenizer import TokenizerKind, encode, load_tokenizer, run_tokenizer, train_tokenizer
 
 
 class StreamWindows(IterableDataset):
@@ -116,10 +116,13 @@ class TextDataModule(LightningDataModule):
         return texts
 
     def prepare_data(self) -> None:
-        """Read and check the corpus before Lightning creates the run directory, so a bad
-        path or file fails with nothing written (``setup`` reuses the texts)."""
+        """Read and check the corpus (and a given ``tokenizer_path``) before Lightning creates
+        the run directory, so a bad path or file fails with nothing written (``setup`` reuses
+        the texts)."""
         if not self.ids:
             self._texts = self._load()
+            if self.tokenizer_path is not None:
+                load_tokenizer(self.tokenizer_path)
 
     def setup(self, stage: str | None = None) -> None:
         if self.ids:

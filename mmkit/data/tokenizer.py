@@ -53,19 +53,24 @@ def encode(tok: Tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def load_tokenizer(path: str) -> Tokenizer:
+    """``Tokenizer.from_file(path)``, with one-line errors for a missing or invalid file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"tokenizer_path {path} does not exist; pass the tokenizer.json "
+                                "saved in the run directory")
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as err:  # tokenizers raises a bare Exception for bad JSON
+        reason = " ".join(str(err).split())[:120]
+        raise ValueError(f"tokenizer_path {path} is not a tokenizers JSON file ({reason}); pass the "
+                         "tokenizer.json saved in the run directory") from None
+
+
 def run_tokenizer(trainer: Any, train: Callable[[], Tokenizer], path: str | None = None) -> Tokenizer:
     """The run's tokenizer: ``path`` when given; else ``tokenizer.json`` in the trainer's
     run directory when it exists (a resumed run); else ``train()``, saved there by rank 0."""
     if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"tokenizer_path {path} does not exist; pass the tokenizer.json "
-                                    "saved in the run directory")
-        try:
-            return Tokenizer.from_file(path)
-        except Exception as err:  # tokenizers raises a bare Exception for bad JSON
-            reason = " ".join(str(err).split())[:120]
-            raise ValueError(f"tokenizer_path {path} is not a tokenizers JSON file ({reason}); pass the "
-                             "tokenizer.json saved in the run directory") from None
+        return load_tokenizer(path)
     log_dir = trainer.log_dir if trainer is not None else None
     saved = Path(log_dir) / "tokenizer.json" if log_dir else None
     if saved is not None and saved.is_file():

@@ -120,9 +120,7 @@ class TranslationDataModule(LightningDataModule):
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.pairs:
-            return
+    def _read_pairs(self) -> dict[str, list]:
         hp = self.hp
         if hp.corpus == "numbers":
             pairs = number_pairs(hp.seed, (hp.num_train, hp.num_valid, hp.num_test), hp.max_number)
@@ -132,6 +130,20 @@ class TranslationDataModule(LightningDataModule):
         if not pairs["train"]:
             raise ValueError("the training split has no sentence pairs with both sides non-empty; check "
                              f"the train.{hp.src_lang} and train.{hp.tgt_lang} files under data.root")
+        return pairs
+
+    def prepare_data(self) -> None:
+        """Read and check the corpus before Lightning creates the run directory, so a bad
+        path or file fails with nothing written (``setup`` reuses the pairs)."""
+        if not self.pairs:
+            self._read = self._read_pairs()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pairs:
+            return
+        hp = self.hp
+        pairs = getattr(self, "_read", None) or self._read_pairs()
+        self._read = None
         self.pairs = pairs
         text = "\n".join(side for pair in pairs["train"] for side in pair)
         self.tokenizer = run_tokenizer(
