@@ -51,7 +51,13 @@ OUTPUT_OPTIONS = ("trainer.default_root_dir", "trainer.logger.init_args.save_dir
 
 class _OneLineParser(LightningArgumentParser):
     """Parse errors of the user-facing parsers raise :class:`ConfigError` with one line instead
-    of printing the usage; jsonargparse's inner parsers (``exit_on_error=False``) are unchanged."""
+    of printing the usage; jsonargparse's inner parsers (``exit_on_error=False``) are unchanged.
+    Options must be spelled out: argparse's prefix matching would take a typo such as
+    ``--trainer.max_step`` for ``--trainer.max_steps``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if self.exit_on_error and not os.environ.get("MMKIT_DEBUG"):

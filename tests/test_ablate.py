@@ -135,6 +135,7 @@ def test_cell_option_runs_one_cell(tmp_path):
     (["--jobs=0"], "jobs must be >= 1"),
     (["--test_ckpt=first"], "test_ckpt"),
     (["--cell=99"], "no cell '99'"),
+    (["--job=2"], "unrecognized arguments: --job=2"),  # no prefix matching of --jobs
 ])
 def test_bad_grids_fail_with_one_line(tmp_path, capsys, args, message):
     cfg = grid_yaml(tmp_path, ["softmax"], [0])

@@ -137,6 +137,8 @@ CASES: dict[str, Case] = {
         ("model.network: Option 'dept' is not accepted", "--help")),
     "unknown-option-on-command-line": (lambda t: [*vit(t), "--nosuch=1"],
                                        ("unrecognized arguments: --nosuch=1",)),
+    "abbreviated-option": (lambda t: [*vit(t), "--trainer.max_step=1"],  # not --trainer.max_steps
+                           ("unrecognized arguments: --trainer.max_step=1",)),
     "unknown-subcommand": (lambda t: ["fitt", "-c", MNIST], ("invalid choice: 'fitt'", "'fit'")),
     "unknown-normalizer-in-yaml": (
         lambda t: [*vit(t), "-c", str(write(t / "n.yaml", "model:\n  init_args:\n    network:\n"

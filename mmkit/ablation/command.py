@@ -40,7 +40,7 @@ SPEC_HELP = {
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="mmkit ablate", description=__doc__.split("\n")[0],
-                            exit_on_error=False)
+                            exit_on_error=False, allow_abbrev=False)  # no --job for --jobs
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="an ablation YAML")
     hints = get_type_hints(AblationSpec)
     for f in fields(AblationSpec):
