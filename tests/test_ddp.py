@@ -112,13 +112,20 @@ def test_vit_test_metrics_count_each_image_once(tmp_path):
     assert two["test/loss"] == pytest.approx(one["test/loss"], rel=1e-5)
 
 
+def trains_like_one(task: str, one_args: list[str], two_args: list[str], tmp_path, **one_kwargs) -> None:
+    """3 steps on 1 process (``one_args``, trainer ``one_kwargs``) and on 2 processes
+    (``two_args``, half the batch each) from the same start reach the same weights."""
+    model, data = build(one_args)
+    start, twin = copy.deepcopy(model), copy.deepcopy(model)
+    trainer(1, tmp_path, max_steps=3, **one_kwargs).fit(model, data)
+    trainer(2, tmp_path, max_steps=3).fit(twin, data_only(two_args))
+    assert_same_weights(model, twin, start, task)
+
+
 @pytest.mark.slow
 def test_vit_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
-    model, data = build(VIT + ["--data.init_args.batch_size=16"])
-    start, twin = copy.deepcopy(model), copy.deepcopy(model)
-    trainer(1, tmp_path, max_steps=3).fit(model, data)
-    trainer(2, tmp_path, max_steps=3).fit(twin, data_only(VIT + ["--data.init_args.batch_size=8"]))
-    assert_same_weights(model, twin, start, "vit")
+    trains_like_one("vit", VIT + ["--data.init_args.batch_size=16"], VIT + ["--data.init_args.batch_size=8"],
+                    tmp_path)
 
 
 # ---------------------------------------------------------------------------- language model
@@ -135,11 +142,8 @@ def test_lm_test_perplexity_over_the_same_streams(tmp_path):
 
 @pytest.mark.slow
 def test_lm_two_processes_with_half_the_streams_train_like_one(tmp_path):
-    model, data = build(LM + ["--data.init_args.batch_size=4"])
-    start, twin = copy.deepcopy(model), copy.deepcopy(model)
-    trainer(1, tmp_path, max_steps=3).fit(model, data)
-    trainer(2, tmp_path, max_steps=3).fit(twin, data_only(LM + ["--data.init_args.batch_size=2"]))
-    assert_same_weights(model, twin, start, "lm")
+    trains_like_one("lm", LM + ["--data.init_args.batch_size=4"], LM + ["--data.init_args.batch_size=2"],
+                    tmp_path)
 
 
 # ---------------------------------------------------------------------------- translation
@@ -156,8 +160,4 @@ def test_translation_test_bleu_and_hypotheses_match_one_process(tmp_path):
 @pytest.mark.slow
 def test_translation_two_processes_train_like_one_accumulating_two_batches(tmp_path):
     args = MT + ["--model.init_args.warmup_steps=1"]
-    model, data = build(args)
-    start, twin = copy.deepcopy(model), copy.deepcopy(model)
-    trainer(1, tmp_path, max_steps=3, accumulate_grad_batches=2).fit(model, data)
-    trainer(2, tmp_path, max_steps=3).fit(twin, data_only(args))
-    assert_same_weights(model, twin, start, "mt")
+    trains_like_one("mt", args, args, tmp_path, accumulate_grad_batches=2)

@@ -24,7 +24,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flash_common import _load_piece, _pow, keep_tile, load_key_keep, query_key_bounds, seglu2_slope
+from ._flash_common import (
+    _load_piece,
+    _pow,
+    keep_tile,
+    load_key_keep,
+    load_kv,
+    query_key_bounds,
+    seglu2_slope,
+)
 
 
 @triton.jit
@@ -61,18 +69,9 @@ def _dq_loop(dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7, q, do, lse, delta, K, V,
              HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
              ORDER: tl.constexpr, NP: tl.constexpr, BOUNDARY: tl.constexpr, CAUSAL: tl.constexpr,
              HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, PARTIALS: tl.constexpr):
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_v = tl.arange(0, V_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = K + k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = V + v_base + offs_n[:, None] * stride_vn + offs_v[None, :]
-        if BOUNDARY:
-            k = tl.load(k_ptrs, mask=offs_n[:, None] < n_k, other=0.0)
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < n_k, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k, v = load_kv(K, V, k_base, v_base, offs_n, stride_kn, stride_vn, n_k, HEAD_DIM, V_DIM, BOUNDARY)
         a = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
         x, slope = seglu2_slope(a, prm, c, ORDER)
         p = tl.exp2(x - lse[:, None])

@@ -71,6 +71,24 @@ def seglu2_slope(a, prm, c, ORDER: tl.constexpr):
 
 
 @triton.jit
+def load_kv(K, V, k_base, v_base, offs_n, stride_kn, stride_vn, n_k, HEAD_DIM: tl.constexpr,
+            V_DIM: tl.constexpr, BOUNDARY: tl.constexpr):
+    """The ``[BLOCK_N, HEAD_DIM]`` key and ``[BLOCK_N, V_DIM]`` value tiles at keys ``offs_n``
+    (rows past ``n_k`` read as 0 when ``BOUNDARY``)."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_v = tl.arange(0, V_DIM)
+    k_ptrs = K + k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = V + v_base + offs_n[:, None] * stride_vn + offs_v[None, :]
+    if BOUNDARY:
+        k = tl.load(k_ptrs, mask=offs_n[:, None] < n_k, other=0.0)
+        v = tl.load(v_ptrs, mask=offs_n[:, None] < n_k, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v
+
+
+@triton.jit
 def keep_tile(offs_m, offs_n, n_k, off, key_keep, BOUNDARY: tl.constexpr, CAUSAL: tl.constexpr,
               HAS_MASK: tl.constexpr):
     """Bool ``[BLOCK_M, BLOCK_N]`` keep-mask of one (query, key) tile.

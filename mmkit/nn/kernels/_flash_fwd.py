@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flash_common import keep_tile, load_key_keep, query_key_bounds, seglu2
+from ._flash_common import keep_tile, load_key_keep, load_kv, query_key_bounds, seglu2
 
 
 @triton.jit
@@ -22,18 +22,9 @@ def _fwd_loop(acc, l_i, m_i, q, K, V, MASK, prm, k_base, v_base, mask_base,
               HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
               ORDER: tl.constexpr, BOUNDARY: tl.constexpr, CAUSAL: tl.constexpr,
               HAS_MASK: tl.constexpr, PRECISION: tl.constexpr):
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_v = tl.arange(0, V_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = K + k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = V + v_base + offs_n[:, None] * stride_vn + offs_v[None, :]
-        if BOUNDARY:
-            k = tl.load(k_ptrs, mask=offs_n[:, None] < n_k, other=0.0)
-            v = tl.load(v_ptrs, mask=offs_n[:, None] < n_k, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k, v = load_kv(K, V, k_base, v_base, offs_n, stride_kn, stride_vn, n_k, HEAD_DIM, V_DIM, BOUNDARY)
         a = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N] raw q·k
         x = seglu2(a, prm, c, ORDER)  # σ before the mask
         key_keep = load_key_keep(MASK, mask_base, stride_mk, offs_n, n_k, HAS_MASK)
