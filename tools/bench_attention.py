@@ -7,6 +7,8 @@ and measures the peak memory above the inputs for:
 
 * ``sdpa``: softmax through ``F.scaled_dot_product_attention`` (the baseline);
 * ``multimax``: the Triton MultiMax flash kernel (mmkit.nn.kernels);
+* ``multimax-fused``: the same kernel with the one-pass backward (``fused_bwd``: dq by
+  per-tile atomics, σ and σ′ computed once);
 * ``compiled``: the materialized MultiMax reference under ``torch.compile``;
 * ``flex``: FlexAttention with the SegLU ``score_mod``, parameters requiring grad.
 
@@ -25,7 +27,8 @@ import sys
 from collections.abc import Callable
 
 TIME_TARGET, MEM_TARGET = 1.3, 1.1
-METHODS = ("sdpa", "multimax", "compiled", "flex")
+METHODS = ("sdpa", "multimax", "multimax-fused", "compiled", "flex")
+KERNELS = ("multimax", "multimax-fused")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,16 +115,16 @@ def build(method: str, causal: bool, n: int) -> Callable:
 
     if method == "sdpa":
         return lambda q, k, v, norm: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    if method == "multimax":
-        return lambda q, k, v, norm: multimax_flash_attention(q, k, v, norm.ranges, norm.ts,
-                                                              causal=causal)
+    if method in KERNELS:
+        return lambda q, k, v, norm: multimax_flash_attention(
+            q, k, v, norm.ranges, norm.ts, causal=causal, fused_backward=method == "multimax-fused")
     if method == "compiled":
         compiled = torch.compile(reference)
         return lambda q, k, v, norm: compiled(q, k, v, norm, causal)
     return flex_fn(causal, n)
 
 
-def check_kernel(q, k, v, norm, causal: bool) -> str:
+def check_kernel(q, k, v, norm, causal: bool, fused_bwd: bool = False) -> str:
     """Max abs errors of the kernel vs the fp32 materialized reference (1 batch row, 2 heads)."""
     import torch
 
@@ -134,14 +137,16 @@ def check_kernel(q, k, v, norm, causal: bool) -> str:
     ref = reference(*ref_in, norm, causal)
     ref_g = torch.autograd.grad(ref, [*ref_in, *params], grad.float())
     ker_in = [t.clone().requires_grad_() for t in sub]
-    out = multimax_flash_attention(*ker_in, norm.ranges, norm.ts, causal=causal)
+    out = multimax_flash_attention(*ker_in, norm.ranges, norm.ts, causal=causal,
+                                   fused_backward=fused_bwd)
     ker_g = torch.autograd.grad(out, [*ker_in, *params], grad)
     parts = []
     for name, a, b in zip(("O", "dq", "dk", "dv", "d_ranges", "d_ts"), (out, *ker_g), (ref, *ref_g)):
         err = (a.float() - b).abs().max().item()
         rel = ((a.float() - b).norm() / b.norm().clamp_min(1e-30)).item()
         parts.append(f"{name} {err:.1e} (rel {rel:.1e})")
-    return "kernel vs fp32 reference, max abs err: " + ", ".join(parts)
+    name = "fused-backward kernel" if fused_bwd else "kernel"
+    return f"{name} vs fp32 reference, max abs err: " + ", ".join(parts)
 
 
 def measure(fn: Callable, q, k, v, norm, grad, warmup: int, rep: int) -> tuple[float, float]:
@@ -187,10 +192,11 @@ def run_config(args: argparse.Namespace, n: int, d: int, causal: bool) -> list[s
     norm = make_multimax()
     title = f"B={args.batch} H={heads} N={n} d={d} causal={causal} {args.dtype}"
     lines = [f"\n### {title}"]
-    try:
-        lines.append(check_kernel(q, k, v, norm, causal))
-    except Exception as err:  # reported, not fatal
-        lines.append(f"kernel check failed: {_short(err)}")
+    for method in (m for m in KERNELS if m in args.methods):
+        try:
+            lines.append(check_kernel(q, k, v, norm, causal, method == "multimax-fused"))
+        except Exception as err:  # reported, not fatal
+            lines.append(f"{method} check failed: {_short(err)}")
     results: dict[str, tuple[float, float] | str] = {}
     for method in args.methods:
         try:
@@ -213,10 +219,12 @@ def run_config(args: argparse.Namespace, n: int, d: int, causal: bool) -> list[s
             lines.append(f"| {method} | {ms:.3f} | {mib:,.0f} | {t_ratio:.2f}x | {m_ratio:.2f}x |")
         else:
             lines.append(f"| {method} | {ms:.3f} | {mib:,.0f} | n/a | n/a |")
-    mm = results.get("multimax")
-    if isinstance(base, tuple) and isinstance(mm, tuple):
+    for method in KERNELS:
+        mm = results.get(method)
+        if not (isinstance(base, tuple) and isinstance(mm, tuple)):
+            continue
         t_ratio, m_ratio = mm[0] / base[0], mm[1] / base[1] if base[1] > 0 else float("nan")
-        lines.append(f"multimax / sdpa = {t_ratio:.2f}x time (target ≤{TIME_TARGET}x: "
+        lines.append(f"{method} / sdpa = {t_ratio:.2f}x time (target ≤{TIME_TARGET}x: "
                      f"{'met' if t_ratio <= TIME_TARGET else 'NOT met'}), {m_ratio:.2f}x memory "
                      f"(target ≤{MEM_TARGET}x: {'met' if m_ratio <= MEM_TARGET else 'NOT met'})")
     return lines

@@ -38,7 +38,7 @@ triton.__version__, torch.cuda.get_device_name(), 'cuda', torch.version.cuda)" ;
             tests/nn/test_multimax_kernel.py tests/normalizers/test_triton_sparse.py \
             tests/nn/test_lm_head.py tests/test_precision.py ;;
         attention) run_stage attention "$PY" tools/bench_attention.py ;;
-        attention-fast) run_stage attention-fast "$PY" tools/bench_attention.py --methods sdpa multimax ;;
+        attention-fast) run_stage attention-fast "$PY" tools/bench_attention.py --methods sdpa multimax multimax-fused ;;
         normalizers) run_stage normalizers "$PY" tools/bench_normalizers.py --device cuda ;;
         lm_head) run_stage lm_head "$PY" tools/bench_lm_head.py ;;
         step) run_stage step "$PY" tools/bench_step.py --batch-size 256 ;;

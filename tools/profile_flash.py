@@ -6,6 +6,7 @@ side with SDPA's forward and backward:
 * the forward, the dq kernel and the dk/dv kernel at SegLU order 0 (plain softmax in
   the same kernels: the cost of the flash structure itself), 1 and 2;
 * the dq kernel's parameter partial sums: none, per-row vectors, a ``[BLOCK_M, NP]`` tile;
+* the one-pass backward (``fused_bwd``: Δ kernel + fused kernel) against dq + dk/dv;
 * a sweep of tile sizes, warps and stages for each kernel (``--sweep``).
 
     python tools/profile_flash.py --seq-len 4096 --head-dim 64 --causal --sweep
@@ -45,6 +46,7 @@ def main() -> None:
         fold_parameters,
         launch_dkdv,
         launch_dq,
+        launch_fused,
         pick_config,
     )
 
@@ -89,11 +91,19 @@ def main() -> None:
         _, delta, _ = launch_dq(do, q, k, v, o, lse, prm, None, causal, scale, order, cfg, partials)
         return (lambda: flash_forward(q, k, v, prm, None, causal, scale, order, cfg),
                 lambda: launch_dq(do, q, k, v, o, lse, prm, None, causal, scale, order, cfg, partials),
-                lambda: launch_dkdv(do, q, k, v, lse, delta, prm, None, causal, scale, order, cfg))
+                lambda: launch_dkdv(do, q, k, v, lse, delta, prm, None, causal, scale, order, cfg),
+                lambda: launch_fused(do, q, k, v, o, lse, prm, None, causal, scale, order, cfg, partials))
+
+    def two_kernels(order: int, cfg, partials: int):
+        _, dq, dkdv, _ = kernels(order, cfg, partials)
+        return lambda: (dq(), dkdv())
 
     for order, partials in ((0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)):
         times = [bench(lambda i=i: kernels(order, cfg0, partials)[i], make=True) for i in range(3)]
-        print(f"| order {order}, partials {partials}: fwd / dq / dkdv | {' / '.join(times)} |")
+        times.append(bench(lambda: two_kernels(order, cfg0, partials), make=True))
+        times.append(bench(lambda: kernels(order, cfg0, partials)[3], make=True))
+        print(f"| order {order}, partials {partials}: fwd / dq / dkdv / dq+dkdv / one-pass bwd "
+              f"| {' / '.join(times)} |")
 
     if not args.sweep:
         return
@@ -112,11 +122,13 @@ def main() -> None:
         cfg = rep(cfg0, dq_m=m, dq_n=n, bwd_warps=w, bwd_stages=st)
         print(f"| {m, n, w, st} | {bench(lambda: kernels(2, cfg, 1)[1], True)} "
               f"| {bench(lambda: kernels(0, cfg, 0)[1], True)} |")
-    print("\n| dkdv (m, n, warps, stages) | order 2 ms | order 0 ms |\n|---|---|---|")
+    print("\n| dkdv (m, n, warps, stages) | order 2 ms | order 0 ms | one-pass, order 2, "
+          "partials 1 ms |\n|---|---|---|---|")
     for n, m, w, st in bwd_tiles:  # key tiles wide
         cfg = rep(cfg0, dkdv_m=m, dkdv_n=n, bwd_warps=w, bwd_stages=st)
         print(f"| {m, n, w, st} | {bench(lambda: kernels(2, cfg, 1)[2], True)} "
-              f"| {bench(lambda: kernels(0, cfg, 0)[2], True)} |")
+              f"| {bench(lambda: kernels(0, cfg, 0)[2], True)} "
+              f"| {bench(lambda: kernels(2, cfg, 1)[3], True)} |")
 
 
 def host_overhead(head_dim: int, calls: int = 200) -> None:

@@ -11,6 +11,7 @@ fp64 reference (``attend`` on CPU with the plain autograd ``MultiMax(fused=False
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -27,7 +28,12 @@ import torch
 
 from mmkit.nn import attend, padding_mask
 from mmkit.nn import kernels as kernels_pkg
-from mmkit.nn.kernels import multimax_attention, multimax_kernel_enabled, use_multimax_kernel
+from mmkit.nn.kernels import (
+    multimax_attention,
+    multimax_kernel_enabled,
+    use_fused_backward,
+    use_multimax_kernel,
+)
 from mmkit.normalizers import MultiMax
 
 NAMES = ("o", "dq", "dk", "dv", "d_ranges", "d_ts")
@@ -138,7 +144,8 @@ def compare(flash: ModuleType, *, nq: int, nk: int, d: int = 16, order: int = 2,
             seed: int = 0, param_grad: bool = True) -> dict[str, float]:
     """Relative errors (kernel vs fp64 reference) of O and all gradients.
 
-    ``block``: square tiles, or the 10 fields of a ``BlockConfig`` (non-square tiles).
+    ``block``: square tiles, or the fields of a ``BlockConfig`` (non-square tiles; an
+    11th field ``True`` runs the one-pass backward).
     ``param_grad=False``: the SegLU parameters need no gradient (the kernel skips their
     partial sums); only O, dq, dk and dv are compared.
     """
@@ -192,6 +199,15 @@ FAST = {
     "padding+causal-empty-row": dict(nq=40, nk=40, causal=True, lengths=[33, 0], block=MIRRORED),
     "order3-causal": dict(nq=40, nk=40, causal=True, order=3, block=LIKE_CUDA),
     "no-parameter-grad": dict(nq=40, nk=40, causal=True, lengths=[33, 40], param_grad=False),
+    # the one-pass backward (BlockConfig.fused_bwd: dq by per-tile atomics)
+    "fused-bwd-padding+causal-empty-row": dict(nq=40, nk=40, causal=True, lengths=[33, 0],
+                                               block=MIRRORED + [True]),
+    "fused-bwd-causal-short-queries-per-head-order1": dict(nq=20, nk=66, causal=True, per_head=True,
+                                                           order=1, block=LIKE_CUDA + [True]),
+    "fused-bwd-key-tail-order3": dict(nq=40, nk=45, order=3, block=LIKE_CUDA + [True]),
+    "fused-bwd-no-parameter-grad": dict(nq=40, nk=40, causal=True, lengths=[33, 40],
+                                        param_grad=False, block=LIKE_CUDA + [True]),
+    "fused-bwd-no-queries-see-keys": dict(nq=24, nk=16, causal=True, block=LIKE_CUDA + [True]),
 }
 
 
@@ -202,11 +218,13 @@ def test_fp32_matches_reference(interp, case):
     assert_close(errors, 1e-4)
 
 
+@pytest.mark.parametrize("fused_bwd", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_matches_fp32_reference(interp, dtype):
+def test_half_precision_matches_fp32_reference(interp, dtype, fused_bwd):
     # bf16 rounds p (for p·v) and O (for Δ = rowsum(dO∘O)); the SegLU parameter gradients
     # are sums of many cancelling terms, so they get a looser bound than q, k, v.
-    errors = interp.compare(nq=40, nk=40, d=32, causal=True, lengths=[40, 29], dtype=dtype)
+    errors = interp.compare(nq=40, nk=40, d=32, causal=True, lengths=[40, 29], dtype=dtype,
+                            block=[32] * 2 + [4, 1] + [32] * 4 + [4, 1, fused_bwd])
     if dtype == torch.float16:
         assert_close(errors, 1e-2)
     else:
@@ -233,11 +251,16 @@ SWEEP = [
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fused_bwd", [False, True])
 @pytest.mark.parametrize("case", range(len(SWEEP)))
-def test_sweep_fp32(interp, case):
+def test_sweep_fp32(interp, case, fused_bwd):
     kwargs = dict(SWEEP[case])
     if kwargs["lengths"] == "pad":
         kwargs["lengths"] = [kwargs["nk"] - 5, 0]
+    if fused_bwd:
+        block = kwargs["block"]
+        kwargs["block"] = (block if isinstance(block, list) else [block] * 2 + [4, 1] + [block] * 4
+                           + [4, 1]) + [True]
     assert_close(interp.compare(**kwargs), 1e-4)
 
 
@@ -276,6 +299,59 @@ def test_unsupported_inputs_are_reported():
         flash.multimax_flash_attention(*_inputs(d=24), r, t)
 
 
+def test_fused_backward_dispatch(monkeypatch):
+    # Which backward runs (no kernel is launched: the launchers are replaced). The
+    # one-pass backward adds dq with atomics, so deterministic mode keeps the two kernels.
+    from mmkit.nn.kernels import _flash_launch as fl
+    from mmkit.nn.kernels import multimax_flash as flash
+
+    calls = []
+    monkeypatch.setattr(fl, "launch_fused", lambda *a: calls.append("fused") or (1, 2, 3, 4))
+    monkeypatch.setattr(fl, "launch_dq", lambda *a: calls.append("dq") or (1, None, 4))
+    monkeypatch.setattr(fl, "launch_dkdv", lambda *a: calls.append("dkdv") or (2, 3))
+    q, k, v = _inputs()
+    args = (q, q, k, v, q, None, None, None, False, 0.25, 2)
+    two = flash.pick_config(16, q.dtype, q.device)
+    fused = dataclasses.replace(two, fused_bwd=True)
+    assert fl.flash_backward(*args, fused, param_grad=True) == (1, 2, 3, 4)
+    assert fl.flash_backward(*args, fused, param_grad=False) == (1, 2, 3, None)
+    assert calls == ["fused", "fused"]
+    calls.clear()
+    assert fl.flash_backward(*args, two) == (1, 2, 3, 4)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert fl.flash_backward(*args, fused) == (1, 2, 3, 4)
+    assert calls == ["dq", "dkdv", "dq", "dkdv"]
+
+
+def test_fused_backward_flag_reaches_the_tiles(monkeypatch):
+    from mmkit.nn.kernels import multimax_flash as flash
+
+    seen = []
+    monkeypatch.setattr(flash._MultiMaxFlash, "apply", lambda *a: seen.append(a[-1]))
+    q, k, v = _inputs()
+    r, t = torch.rand(4), torch.rand(4)
+    flash.multimax_flash_attention(q, k, v, r, t)
+    flash.multimax_flash_attention(q, k, v, r, t, fused_backward=True)
+    flash.multimax_flash_attention(q, k, v, r, t, block=16, fused_backward=True)
+    assert [c.fused_bwd for c in seen] == [False, True, True]
+    assert seen[2].fwd_m == 16
+
+
+def test_use_fused_backward_reaches_attend_on_cuda(monkeypatch):
+    from mmkit.nn import kernels
+    from mmkit.nn.kernels import multimax_flash as flash
+
+    seen = []
+    monkeypatch.setattr(flash, "multimax_flash_attention", lambda *a, **kw: seen.append(kw))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    q, k, v = _inputs()
+    kernels.multimax_attention(q, k, v, MultiMax(), mask=None, causal=False, scale=0.25)
+    with kernels.use_fused_backward():
+        kernels.multimax_attention(q, k, v, MultiMax(), mask=None, causal=False, scale=0.25)
+    kernels.multimax_attention(q, k, v, MultiMax(), mask=None, causal=False, scale=0.25)
+    assert [kw["fused_backward"] for kw in seen] == [False, True, False]
+
+
 def test_multimax_attention_returns_none_off_cuda():
     q, k, v = _inputs()
     assert multimax_attention(q, k, v, MultiMax(), mask=None, causal=False, scale=0.25) is None
@@ -310,7 +386,8 @@ def test_multimax_attention_falls_back_on_cuda_for_unsupported_inputs():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("causal,padded,per_head", [(False, False, False), (True, True, True)])
-def test_attend_on_cuda_uses_the_kernel(monkeypatch, dtype, d, causal, padded, per_head):
+@pytest.mark.parametrize("fused_bwd", [False, True])
+def test_attend_on_cuda_uses_the_kernel(monkeypatch, dtype, d, causal, padded, per_head, fused_bwd):
     calls = []
 
     def spy(*args, **kwargs):
@@ -329,7 +406,7 @@ def test_attend_on_cuda_uses_the_kernel(monkeypatch, dtype, d, causal, padded, p
     def run(fused: bool, cast: torch.dtype):
         inputs = [t.to(cast, copy=True).requires_grad_() for t in base]
         norm.zero_grad()
-        with use_multimax_kernel(fused):
+        with use_multimax_kernel(fused), use_fused_backward(fused_bwd):
             out = attend(*inputs, norm.to(torch.float64 if cast == torch.float64 else torch.float32),
                          mask=mask, causal=causal)
         out.backward(grad.to(cast))

@@ -14,7 +14,7 @@ kernel directly on any Triton device (CPU tensors need ``TRITON_INTERPRET=1``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 from torch import Tensor
@@ -24,7 +24,7 @@ from ...normalizers import MultiMax
 if TYPE_CHECKING:  # imports Triton
     from ._flash_launch import BlockConfig
 
-_state = {"enabled": True}
+_state = {"enabled": True, "fused_backward": False}
 
 
 def multimax_kernel_enabled() -> bool:
@@ -38,24 +38,38 @@ def set_multimax_kernel(enabled: bool) -> None:
 
 
 @contextmanager
-def use_multimax_kernel(enabled: bool = True) -> Iterator[None]:
-    """Enable or disable the MultiMax kernel inside a ``with`` block (restored after)."""
-    before = _state["enabled"]
-    _state["enabled"] = bool(enabled)
+def _switch(key: str, enabled: bool) -> Iterator[None]:
+    before = _state[key]
+    _state[key] = bool(enabled)
     try:
         yield
     finally:
-        _state["enabled"] = before
+        _state[key] = before
+
+
+def use_multimax_kernel(enabled: bool = True) -> AbstractContextManager[None]:
+    """Enable or disable the MultiMax kernel inside a ``with`` block (restored after)."""
+    return _switch("enabled", enabled)
+
+
+def use_fused_backward(enabled: bool = True) -> AbstractContextManager[None]:
+    """Inside a ``with`` block, the kernel ``attend`` uses runs the one-pass backward
+    (σ and σ′ computed once, dq added per tile with atomics: not bitwise reproducible,
+    so it is skipped under ``torch.use_deterministic_algorithms``). Off by default:
+    it is checked for correctness but not yet timed against the two-kernel backward."""
+    return _switch("fused_backward", enabled)
 
 
 def multimax_flash_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts: Tensor, *,
                              mask: Tensor | None = None, causal: bool = False,
                              scale: float | None = None,
-                             block: int | BlockConfig | None = None) -> Tensor:
+                             block: int | BlockConfig | None = None,
+                             fused_backward: bool = False) -> Tensor:
     """The Triton kernel on any device; see :func:`.multimax_flash.multimax_flash_attention`."""
     from .multimax_flash import multimax_flash_attention as run
 
-    return run(q, k, v, ranges, ts, mask=mask, causal=causal, scale=scale, block=block)
+    return run(q, k, v, ranges, ts, mask=mask, causal=causal, scale=scale, block=block,
+               fused_backward=fused_backward)
 
 
 def multimax_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: MultiMax, *,
@@ -78,4 +92,5 @@ def multimax_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: MultiMax, *,
     if reason is not None:
         return None
     return multimax_flash.multimax_flash_attention(q, k, v, normalizer.ranges, normalizer.ts,
-                                                   mask=mask, causal=causal, scale=scale)
+                                                   mask=mask, causal=causal, scale=scale,
+                                                   fused_backward=_state["fused_backward"])

@@ -64,6 +64,22 @@ def _param_partials(gpart, dsig, a, prm, ORDER: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
+def store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, NP: tl.constexpr,
+                   PARTIALS: tl.constexpr):
+    """Write this program's ``NP`` parameter partial sums (row ``pid`` of ``PART[bh]``) once."""
+    cols = tl.arange(0, NP)
+    part = (bh.to(tl.int64) * tl.num_programs(0) + pid) * NP + cols
+    if PARTIALS == 1:
+        sums = tl.where(cols == 0, tl.sum(g0, 0), 0.0) + tl.where(cols == 1, tl.sum(g1, 0), 0.0)
+        sums += tl.where(cols == 2, tl.sum(g2, 0), 0.0) + tl.where(cols == 3, tl.sum(g3, 0), 0.0)
+        sums += tl.where(cols == 4, tl.sum(g4, 0), 0.0) + tl.where(cols == 5, tl.sum(g5, 0), 0.0)
+        sums += tl.where(cols == 6, tl.sum(g6, 0), 0.0) + tl.where(cols == 7, tl.sum(g7, 0), 0.0)
+        tl.store(PART + part, sums)
+    elif PARTIALS == 2:
+        tl.store(PART + part, tl.sum(gpart, 0))
+
+
+@triton.jit
 def _dq_loop(dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7, q, do, lse, delta, K, V, MASK, prm,
              k_base, v_base, mask_base, stride_kn, stride_vn, stride_mk, lo, hi, offs_m, n_k, off, c,
              HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -152,16 +168,7 @@ def mm_bwd_dq_kernel(Q, K, V, DO, OUT, LSE, DELTA, DQ, PART, PRM, MASK,
 
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
     tl.store(dq_ptrs, (dq * ln2).to(DQ.dtype.element_ty), mask=row_ok[:, None])
-    cols = tl.arange(0, NP)
-    part = (bh.to(tl.int64) * tl.num_programs(0) + pid) * NP + cols
-    if PARTIALS == 1:  # one write per program
-        sums = tl.where(cols == 0, tl.sum(g0, 0), 0.0) + tl.where(cols == 1, tl.sum(g1, 0), 0.0)
-        sums += tl.where(cols == 2, tl.sum(g2, 0), 0.0) + tl.where(cols == 3, tl.sum(g3, 0), 0.0)
-        sums += tl.where(cols == 4, tl.sum(g4, 0), 0.0) + tl.where(cols == 5, tl.sum(g5, 0), 0.0)
-        sums += tl.where(cols == 6, tl.sum(g6, 0), 0.0) + tl.where(cols == 7, tl.sum(g7, 0), 0.0)
-        tl.store(PART + part, sums)
-    elif PARTIALS == 2:
-        tl.store(PART + part, tl.sum(gpart, 0))
+    store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, NP, PARTIALS)
 
 
 @triton.jit

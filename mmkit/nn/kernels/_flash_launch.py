@@ -15,6 +15,7 @@ import triton
 from torch import Tensor
 
 from ._flash_bwd import mm_bwd_dkdv_kernel, mm_bwd_dq_kernel
+from ._flash_bwd_fused import mm_bwd_delta_kernel, mm_bwd_fused_kernel
 from ._flash_fwd import mm_fwd_kernel
 
 LOG2E = math.log2(math.e)
@@ -26,7 +27,8 @@ class BlockConfig:
     """Tile sizes (``m`` = query rows, ``n`` = keys) and launch options of the three kernels.
 
     ``dkdv_m`` is the query step of the key-block kernel; ``dq_n`` the key step of the
-    query-block one.
+    query-block one. ``fused_bwd`` runs the one-pass backward (``_flash_bwd_fused``: the
+    dk/dv tiles and warps, dq by per-tile atomics) instead of the dq and dk/dv kernels.
     """
 
     fwd_m: int
@@ -39,6 +41,7 @@ class BlockConfig:
     dkdv_n: int
     bwd_warps: int
     bwd_stages: int
+    fused_bwd: bool = False
 
 
 #: ``(half precision?, head dim ≤ 64?)`` -> tiles. Half precision, head dim 64: the fastest
@@ -202,15 +205,52 @@ def launch_dkdv(do: Tensor, q: Tensor, k: Tensor, v: Tensor, lse: Tensor, delta:
     return dk, dv
 
 
+def launch_fused(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, prm: Tensor,
+                 key_mask: Tensor | None, causal: bool, scale: float, order: int, cfg: BlockConfig,
+                 partials: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv, partials [B·H, key blocks, NP] fp32)`` of the one-pass backward: a
+    small kernel for ``Δ`` (it also zeroes the fp32 dq accumulator), then the fused one."""
+    bsz, heads, n_q, dim = q.shape
+    n_k, v_dim = k.shape[2], v.shape[3]
+    delta = torch.empty(bsz * heads, n_q, device=q.device, dtype=torch.float32)
+    dq_acc = torch.empty(bsz * heads, n_q, dim, device=q.device, dtype=torch.float32)
+    mm_bwd_delta_kernel[(triton.cdiv(n_q, cfg.dkdv_m), bsz * heads)](
+        do, out, delta, dq_acc, *do.stride()[:3], *out.stride()[:3], heads, n_q,
+        HEAD_DIM=dim, V_DIM=v_dim, BLOCK_M=cfg.dkdv_m, num_warps=4,
+    )
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    num_n = triton.cdiv(n_k, cfg.dkdv_n)
+    np_cols = triton.next_power_of_2(max(4 * order, 1))
+    part = torch.empty(bsz * heads, num_n, np_cols, device=q.device, dtype=torch.float32)
+    mask, mstr = _mask_args(key_mask, q)
+    mm_bwd_fused_kernel[(num_n, bsz * heads)](
+        q, k, v, do, lse, delta, dq_acc, dk, dv, part, prm, mask,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        *dk.stride()[:3], *dv.stride()[:3], *mstr, prm.stride(0) if prm.shape[0] > 1 else 0,
+        heads, n_q, n_k, LOG2E * scale, LN2,
+        HEAD_DIM=dim, V_DIM=v_dim, BLOCK_M=cfg.dkdv_m, BLOCK_N=cfg.dkdv_n, ORDER=order, NP=np_cols,
+        CAUSAL=causal, KEY_MASK=key_mask is not None or n_k % cfg.dkdv_n != 0,
+        HAS_MASK=key_mask is not None, PRECISION=_precision(q), PARTIALS=partials,
+        num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+    )
+    dq = dq_acc.view(bsz, heads, n_q, dim).to(q.dtype)  # [B·H, Nq, D] -> [B, H, Nq, D]
+    return dq, dk, dv, part
+
+
 def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                    prm: Tensor, key_mask: Tensor | None, causal: bool, scale: float, order: int,
                    cfg: BlockConfig, param_grad: bool = True
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """``(dq, dk, dv, partials [B·H, blocks, NP] or None without param_grad)``: the dq
-    kernel first (it also stores Δ), then the dk/dv one."""
+    kernel first (it also stores Δ), then the dk/dv one; or, with ``cfg.fused_bwd`` and
+    unless deterministic algorithms are on, the one-pass backward."""
     if do.stride(-1) != 1:
         do = do.contiguous()
     mode = partials_mode(order, param_grad)
+    if cfg.fused_bwd and not torch.are_deterministic_algorithms_enabled():
+        dq, dk, dv, part = launch_fused(do, q, k, v, out, lse, prm, key_mask, causal, scale, order,
+                                        cfg, mode)
+        return dq, dk, dv, part if param_grad else None
     dq, delta, part = launch_dq(do, q, k, v, out, lse, prm, key_mask, causal, scale, order, cfg, mode)
     dk, dv = launch_dkdv(do, q, k, v, lse, delta, prm, key_mask, causal, scale, order, cfg)
     return dq, dk, dv, part if param_grad else None

@@ -16,6 +16,7 @@ left-padding with ones, e.g. :func:`mmkit.nn.masks.padding_mask`), alone or with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -119,7 +120,8 @@ def _last_dim_contiguous(x: Tensor) -> Tensor:
 def multimax_flash_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts: Tensor, *,
                              mask: Tensor | None = None, causal: bool = False,
                              scale: float | None = None,
-                             block: int | BlockConfig | None = None) -> Tensor:
+                             block: int | BlockConfig | None = None,
+                             fused_backward: bool = False) -> Tensor:
     """``MultiMax(q·kᵀ·scale, mask) @ v`` with the Triton kernels, on any Triton device.
 
     Args:
@@ -131,6 +133,9 @@ def multimax_flash_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts
         scale: score scale, ``1/sqrt(D)`` by default.
         block: force square tiles of this size (power of two ≥ 16) or a
             :class:`BlockConfig` (tests: many blocks at tiny sizes).
+        fused_backward: run the one-pass backward (``BlockConfig.fused_bwd``; dq by
+            per-tile atomics, so not bitwise reproducible; the two-kernel backward runs
+            instead under ``torch.use_deterministic_algorithms``).
 
     Raises:
         ValueError: for inputs the kernel does not support (see :func:`unsupported_reason`).
@@ -140,6 +145,8 @@ def multimax_flash_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts
     if reason is not None:
         raise ValueError(f"multimax_flash_attention: {reason}")
     cfg = pick_config(q.shape[-1], q.dtype, q.device, block)
+    if fused_backward and not cfg.fused_bwd:
+        cfg = dataclasses.replace(cfg, fused_bwd=True)
     bsz, heads, _, _ = q.shape
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     key_mask = _key_mask(mask, bsz, heads, k.shape[2])

@@ -1,0 +1,156 @@
+"""One-pass backward of MultiMax flash attention (opt-in: ``BlockConfig.fused_bwd``).
+
+The two-kernel backward (``_flash_bwd``) recomputes ``a = q·k``, σ, σ′ and ``p`` twice:
+once in the dq kernel, once in the dk/dv kernel. Here they are computed once:
+
+* ``mm_bwd_delta_kernel`` stores ``Δ = rowsum(dO∘O)`` and zeroes the fp32 dq
+  accumulator (one small launch, like FlashAttention-2's preprocess);
+* ``mm_bwd_fused_kernel`` (one program per key block) walks the query blocks that see
+  its keys and, from one ``dσ`` tile, accumulates ``dk``, ``dv`` and the SegLU
+  parameter partials in registers and adds the tile's ``dq`` contribution
+  ``[BLOCK_M, HEAD_DIM]`` to the accumulator with one ``tl.atomic_add`` per tile
+  (per output element per tile, as FlashAttention-2 does; never per score).
+
+The atomics make ``dq`` depend on the order of the additions (not bitwise
+reproducible); ``flash_backward`` therefore uses the two-kernel backward whenever
+``torch.are_deterministic_algorithms_enabled()``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._flash_bwd import _param_partials, _piece_sums, store_partials
+from ._flash_common import load_key_keep, seglu2_slope
+
+
+@triton.jit
+def mm_bwd_delta_kernel(DO, OUT, DELTA, DQACC, stride_dob, stride_doh, stride_dom,
+                        stride_ob, stride_oh, stride_om, H, N_Q,
+                        HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``Δ [B·H, Nq]`` and a zeroed ``DQACC [B·H, Nq, HEAD_DIM]`` (fp32, contiguous)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_v = tl.arange(0, V_DIM)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < N_Q
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_v[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    o = tl.load(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_v[None, :],
+                mask=row_ok[:, None], other=0.0)
+    row = bh.to(tl.int64) * N_Q + offs_m
+    tl.store(DELTA + row, tl.sum(do.to(tl.float32) * o.to(tl.float32), 1), mask=row_ok)
+    tl.store(DQACC + row[:, None] * HEAD_DIM + offs_d[None, :],
+             tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32), mask=row_ok[:, None])
+
+
+@triton.jit
+def _fused_loop(dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7, k, v, key_keep,
+                Q, DO, LSE, DELTA, DQACC, q_base, do_base, row_base, stride_qm, stride_dom,
+                lo, hi, offs_n, n_q, off, prm, c, ln2,
+                HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                ORDER: tl.constexpr, NP: tl.constexpr, BOUNDARY: tl.constexpr,
+                KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, PARTIALS: tl.constexpr):
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_v = tl.arange(0, V_DIM)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < n_q
+        # Rows past Nq load dO = 0 and lse = +inf: p = 0, so they add nothing.
+        q = tl.load(Q + q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + do_base + offs_m[:, None] * stride_dom + offs_v[None, :],
+                     mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+        a_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+        x_t, slope_t = seglu2_slope(a_t, prm, c, ORDER)
+        p_t = tl.exp2(x_t - lse[None, :])
+        if KEY_MASK:  # padded keys and keys past Nk feed neither dq nor the partials
+            p_t = tl.where(key_keep[:, None], p_t, 0.0)
+        if BOUNDARY:  # bottom-right causal: key j is seen by queries i with j <= i + off
+            p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + off, p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
+        dsig_t = p_t * (dp_t - delta[None, :])  # gradient w.r.t. σ(s)
+        g_t = (dsig_t * slope_t).to(q.dtype)
+        dk += tl.dot(g_t, q, input_precision=PRECISION)
+        dq = tl.dot(tl.trans(g_t), k, input_precision=PRECISION)  # [BLOCK_M, HEAD_DIM]
+        tl.atomic_add(DQACC + (row_base + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], dq * ln2,
+                      mask=row_ok[:, None])
+        if PARTIALS == 1:  # one [BLOCK_N] accumulator per sum (orders 1 and 2)
+            s0, s1, s2, s3 = _piece_sums(dsig_t, a_t, prm, 0)
+            g0, g1, g2, g3 = g0 + s0, g1 + s1, g2 + s2, g3 + s3
+            if ORDER == 2:
+                s4, s5, s6, s7 = _piece_sums(dsig_t, a_t, prm, 1)
+                g4, g5, g6, g7 = g4 + s4, g5 + s5, g6 + s6, g7 + s7
+        elif PARTIALS == 2:  # a [BLOCK_N, NP] accumulator (any order)
+            gpart = _param_partials(gpart, dsig_t, a_t, prm, ORDER, NP)
+    return dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7
+
+
+@triton.jit
+def mm_bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQACC, DK, DV, PART, PRM, MASK,
+                        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_dom,
+                        stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+                        stride_mb, stride_mh, stride_mk, stride_ph,
+                        H, N_Q, N_K, c, ln2,
+                        HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                        BLOCK_N: tl.constexpr, ORDER: tl.constexpr, NP: tl.constexpr,
+                        CAUSAL: tl.constexpr, KEY_MASK: tl.constexpr, HAS_MASK: tl.constexpr,
+                        PRECISION: tl.constexpr, PARTIALS: tl.constexpr):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    start_n = pid * BLOCK_N
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_v = tl.arange(0, V_DIM)
+    key_ok = offs_n < N_K
+
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                mask=key_ok[:, None], other=0.0)
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_v[None, :],
+                mask=key_ok[:, None], other=0.0)
+    key_keep = load_key_keep(MASK, b * stride_mb + h * stride_mh, stride_mk, offs_n, N_K, HAS_MASK)
+    key_keep = key_keep & key_ok
+    prm = PRM + h * stride_ph
+    off = N_K - N_Q
+    q_base = b * stride_qb + h * stride_qh
+    do_base = b * stride_dob + h * stride_doh
+    row_base = bh.to(tl.int64) * N_Q
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, V_DIM], dtype=tl.float32)
+    gpart = tl.zeros([BLOCK_N, NP], dtype=tl.float32)
+    g0 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    g1, g2, g3, g4, g5, g6, g7 = g0, g0, g0, g0, g0, g0, g0
+    if CAUSAL:
+        # Queries before `lo` see none of these keys; from `mid` on they see all of them.
+        lo = tl.maximum(start_n - off, 0) // BLOCK_M * BLOCK_M
+        mid = (tl.maximum(start_n + BLOCK_N - 1 - off, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7 = _fused_loop(
+            dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7, k, v, key_keep,
+            Q, DO, LSE, DELTA, DQACC, q_base, do_base, row_base, stride_qm, stride_dom,
+            lo, tl.minimum(mid, N_Q), offs_n, N_Q, off, prm, c, ln2,
+            HEAD_DIM, V_DIM, BLOCK_M, ORDER, NP, True, KEY_MASK, PRECISION, PARTIALS)
+    else:
+        mid = 0
+    dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7 = _fused_loop(
+        dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7, k, v, key_keep,
+        Q, DO, LSE, DELTA, DQACC, q_base, do_base, row_base, stride_qm, stride_dom,
+        mid, N_Q, offs_n, N_Q, off, prm, c, ln2,
+        HEAD_DIM, V_DIM, BLOCK_M, ORDER, NP, False, KEY_MASK, PRECISION, PARTIALS)
+
+    dk = tl.where(key_keep[:, None], dk * ln2, 0.0)
+    dv = tl.where(key_keep[:, None], dv, 0.0)
+    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
+    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_v[None, :]
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=key_ok[:, None])
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+    store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, NP, PARTIALS)
