@@ -15,10 +15,12 @@ loop progress. :class:`ExactResume` (installed by ``mmkit fit``) adds what they 
   (:class:`~mmkit.data.sharding.ResumableSampler`, :class:`~mmkit.data.lm.StreamWindows`).
   The loader's iterator is then created again, after the sampler's epoch is set, so
   worker processes see both.
-- **Epoch boundary.** A checkpoint of an epoch's last batch resumes into the next epoch as
-  a normal epoch start (``on_train_epoch_start`` hooks and progress counts), which
-  Lightning 2.6 would skip. Lightning still skips the validation of that finished epoch,
-  so its validation metrics are missing from the resumed log (weights are unaffected).
+- **Epoch boundary.** A checkpoint of an epoch's last batch is written before that epoch's
+  validation. Lightning 2.6 would skip the validation (its metrics would be missing from
+  the log) and, still flagged "mid-epoch", the next epoch's ``on_train_epoch_start``
+  hooks and progress counts. ``on_train_start`` runs the validation when Lightning's own
+  rule says it was due (with the finished epoch's number), then starts the next epoch
+  as a normal epoch. A checkpoint written after the validation does not repeat it.
 
 The LM task saves its Transformer-XL memory itself (``checkpoint["mmkit_mems"]``), and the
 tokenizer is reloaded from the run directory (:mod:`mmkit.data.lm`).
@@ -27,6 +29,8 @@ tokenizer is reloaded from the run directory (:mod:`mmkit.data.lm`).
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -99,6 +103,7 @@ class ExactResume(Callback):
     def __init__(self, warn_unskippable: bool = True) -> None:
         self.warn_unskippable = warn_unskippable
         self._restored: list[dict[str, Any]] | None = None
+        self._saved_epoch: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": _all_ranks(rng_states())}
@@ -106,22 +111,36 @@ class ExactResume(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict.get("rng")
 
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._saved_epoch = checkpoint.get("epoch")
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._restored is None:  # a fresh run
             return
         saved, self._restored = self._restored, None
         self._reposition_loaders(trainer, batches_to_skip(trainer))
         fit_loop = trainer.fit_loop
-        if fit_loop.restarted_mid_epoch and fit_loop.epoch_loop.batch_progress.is_last_batch:
-            # Saved on the epoch's last batch: Lightning moves on to the next epoch but, still
-            # flagged "mid-epoch", would skip its on_train_epoch_start hooks and its progress
-            # counts, so a later checkpoint would replay that epoch. Start it as a new epoch.
+        at_epoch_end = fit_loop.restarted_mid_epoch and fit_loop.epoch_loop.batch_progress.is_last_batch
+        # Saved on the epoch's last batch, before that epoch's validation: is it due? Lightning
+        # has already counted that epoch as completed; the check and the validation see the
+        # finished epoch's number, as in the uninterrupted run.
+        finished = self._saved_epoch if self._saved_epoch is not None else trainer.current_epoch - 1
+        with _at_epoch(trainer, finished):
+            validate = at_epoch_end and _validation_due(trainer)
+        if at_epoch_end:
+            # Lightning moves on to the next epoch but, still flagged "mid-epoch", would skip
+            # its on_train_epoch_start hooks and its progress counts, so a later checkpoint
+            # would replay that epoch. Start it as a new epoch.
             fit_loop.reset_restart_stage()
         if trainer.global_rank < len(saved):
             set_rng_states(saved[trainer.global_rank])
         else:
             rank_zero_warn(f"the checkpoint holds RNG states of {len(saved)} processes, this run has "
                            f"{trainer.world_size}; ranks beyond them keep their seeded RNG (not exact)")
+        if validate:  # Lightning would skip it: its metrics would be missing from the log
+            with _at_epoch(trainer, finished):
+                _run_validation(trainer)
 
     def _reposition_loaders(self, trainer: Trainer, skip: int) -> None:
         fit_loop = trainer.fit_loop
@@ -141,6 +160,36 @@ class ExactResume(Callback):
                            f"{skip} batches are repeated")
         if fit_loop._data_fetcher is not None:
             iter(fit_loop._data_fetcher)  # new loader iterators that see the skip and the epoch
+
+
+def _validation_due(trainer: Trainer) -> bool:
+    """Whether the epoch loop, restored on its last batch, still owes that batch's validation
+    (Lightning's own rule, evaluated before its loops reset their counters)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    should_check = getattr(epoch_loop, "_should_check_val_fx", None)
+    if should_check is None:  # another Lightning: keep its behaviour (no validation)
+        return False
+    return bool(should_check(trainer.fit_loop._data_fetcher))
+
+
+@contextmanager
+def _at_epoch(trainer: Trainer, epoch: int) -> Iterator[None]:
+    """``trainer.current_epoch`` reads ``epoch`` inside the block."""
+    progress = trainer.fit_loop.epoch_progress.current
+    before = progress.completed
+    progress.completed = epoch
+    try:
+        yield
+    finally:
+        progress.completed = before
+
+
+def _run_validation(trainer: Trainer) -> None:
+    """Run the validation loop now, as the epoch loop runs it after a training batch."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    trainer.validating = True
+    epoch_loop.val_loop.run()
+    trainer.training = True
 
 
 def _skip(loader: Any, batches: int) -> bool:
