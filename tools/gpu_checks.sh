@@ -3,9 +3,11 @@
 #
 #   bash tools/gpu_checks.sh [stage ...]      (default: every stage, in this order)
 #
-# stages: env tests attention attention-fast normalizers lm_head step
+# stages: env tests attention attention-fast profile normalizers lm_head step
 #   attention       tools/bench_attention.py, every method (SDPA, kernel, compiled, Flex)
-#   attention-fast  the same grid, SDPA vs the kernel only (no torch.compile time)
+#   attention-fast  the same grid, SDPA vs the kernel (both backwards) only (no torch.compile time)
+#   profile         tools/profile_flash.py --causal at d 64 and 128: each kernel alone,
+#                   the two-kernel vs the one-pass backward
 # Each stage runs under its own time limit (seconds; STAGE_LIMIT_<stage> overrides) and
 # logs to $LOG_DIR/<stage>.log (default runs/gpu_checks); a failing or timed-out stage is
 # reported and the next one runs. PYTHON picks the interpreter (default python3);
@@ -16,7 +18,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOG_DIR"
 
-declare -A LIMIT=([env]=60 [tests]=240 [attention]=540 [attention-fast]=180
+declare -A LIMIT=([env]=60 [tests]=240 [attention]=540 [attention-fast]=180 [profile]=240
                   [normalizers]=90 [lm_head]=90 [step]=150)
 
 run_stage() {
@@ -39,10 +41,12 @@ triton.__version__, torch.cuda.get_device_name(), 'cuda', torch.version.cuda)" ;
             tests/nn/test_lm_head.py tests/test_precision.py ;;
         attention) run_stage attention "$PY" tools/bench_attention.py ;;
         attention-fast) run_stage attention-fast "$PY" tools/bench_attention.py --methods sdpa multimax multimax-fused ;;
+        profile) run_stage profile bash -c "'$PY' tools/profile_flash.py --causal && \
+            '$PY' tools/profile_flash.py --causal --head-dim 128" ;;
         normalizers) run_stage normalizers "$PY" tools/bench_normalizers.py --device cuda ;;
         lm_head) run_stage lm_head "$PY" tools/bench_lm_head.py ;;
         step) run_stage step "$PY" tools/bench_step.py --batch-size 256 ;;
-        *) echo "unknown stage '$1' (stages: env tests attention attention-fast normalizers lm_head step)" >&2
+        *) echo "unknown stage '$1' (stages: env tests attention attention-fast profile normalizers lm_head step)" >&2
            exit 2 ;;
     esac
 }
