@@ -174,21 +174,24 @@ def _validation_due(trainer: Trainer) -> bool:
 
 @contextmanager
 def _at_epoch(trainer: Trainer, epoch: int) -> Iterator[None]:
-    """``trainer.current_epoch`` reads ``epoch`` inside the block."""
+    """Inside the block the epoch progress reads as during epoch ``epoch``'s validation:
+    ``trainer.current_epoch`` (completed epochs) and the sampler epoch (processed)."""
     progress = trainer.fit_loop.epoch_progress.current
-    before = progress.completed
-    progress.completed = epoch
+    before = progress.completed, progress.processed
+    progress.completed = progress.processed = epoch
     try:
         yield
     finally:
-        progress.completed = before
+        progress.completed, progress.processed = before
 
 
 def _run_validation(trainer: Trainer) -> None:
-    """Run the validation loop now, as the epoch loop runs it after a training batch."""
-    epoch_loop = trainer.fit_loop.epoch_loop
+    """Run the validation loop now, as the epoch loop runs it after a training batch: from
+    its first batch (the restored loop would resume an earlier validation's progress)."""
+    val_loop = trainer.fit_loop.epoch_loop.val_loop
+    val_loop.restarting = False
     trainer.validating = True
-    epoch_loop.val_loop.run()
+    val_loop.run()
     trainer.training = True
 
 

@@ -3,9 +3,9 @@
 Lightning 2.6 would skip it (the checkpoint is written on the batch's end, before the
 validation), so its metrics would be missing from the resumed log; ``ExactResume`` runs
 it. A checkpoint written after the validation (``every_n_epochs``) must not repeat it.
-Each case trains a reference run that keeps every checkpoint, then resumes from its step-6
-checkpoint (epoch 0's last batch) in a new directory and compares the validation rows
-logged from step 6 on, and the final weights.
+Each case trains a reference run that keeps every checkpoint, then resumes from its
+checkpoint of step 6 (epoch 0's last batch) or 12 (epoch 1's, the last) in a new
+directory and compares the validation rows logged from there on, and the final weights.
 """
 
 from __future__ import annotations
@@ -50,26 +50,39 @@ def _weights(save_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
-def _resume_from_step_6(tmp_path: Path, *extra: str) -> tuple[dict, dict]:
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+def _reference(tmp_path: Path, *extra: str) -> Path:
+    reference = tmp_path / "reference"
     reference.mkdir()
-    resumed.mkdir()
     _fit(reference, *extra)
-    (ckpt,) = reference.glob("*/version_0/checkpoints/epoch=0-step=6*.ckpt")
+    return reference
+
+
+def _resume(reference: Path, name: str, *extra: str) -> dict:
+    """The validation rows of a run resumed from the reference's checkpoint ``name``; its
+    final weights equal the reference's."""
+    resumed = reference.parent / f"resumed-{name}"
+    resumed.mkdir()
+    (ckpt,) = reference.glob(f"*/version_0/checkpoints/{name}*.ckpt")
     _fit(resumed, *extra, f"--ckpt_path={ckpt}")
     ref_w, got_w = _weights(reference), _weights(resumed)
     assert [k for k in ref_w if not torch.equal(ref_w[k], got_w[k])] == []
-    return _val_rows(reference), _val_rows(resumed)
+    return _val_rows(resumed)
 
 
 def test_checkpoint_of_an_epochs_last_batch_resumes_with_its_validation(tmp_path: Path) -> None:
-    ref, got = _resume_from_step_6(tmp_path, "--checkpoint.every_n_train_steps=3")
+    every3 = "--checkpoint.every_n_train_steps=3"
+    reference = _reference(tmp_path, every3)
+    ref = _val_rows(reference)
     assert sorted(ref) == [(0, 5), (1, 11)]  # the logger's step: batches stepped before it
-    assert got == ref  # (0, 5) included: it ran after the step-6 checkpoint
+    # (0, 5) runs after the step-6 checkpoint; (1, 11) after the last one, from the first
+    # validation batch, although the restored validation loop had finished epoch 0's.
+    assert _resume(reference, "epoch=0-step=6", every3) == ref
+    assert _resume(reference, "epoch=1-step=12", every3) == {(1, 11): ref[(1, 11)]}
 
 
 @pytest.mark.slow
 def test_checkpoint_written_after_the_validation_does_not_repeat_it(tmp_path: Path) -> None:
-    ref, got = _resume_from_step_6(tmp_path, "--checkpoint.every_n_epochs=1")
+    reference = _reference(tmp_path, "--checkpoint.every_n_epochs=1")
+    ref = _val_rows(reference)
     assert sorted(ref) == [(0, 5), (1, 11)]
-    assert got == {(1, 11): ref[(1, 11)]}
+    assert _resume(reference, "epoch=0-step=6", "--checkpoint.every_n_epochs=1") == {(1, 11): ref[(1, 11)]}
