@@ -37,7 +37,8 @@ stage() {
         env) run_stage env "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', \
 triton.__version__, torch.cuda.get_device_name(), 'cuda', torch.version.cuda)" ;;
         tests) run_stage tests "$PY" -m pytest -q -m gpu -p no:cacheprovider ${PYTEST_ARGS:-} \
-            tests/nn/test_multimax_kernel.py tests/normalizers/test_triton_sparse.py \
+            tests/nn/test_multimax_kernel.py tests/nn/test_multimax_kernel_dispatch.py \
+            tests/normalizers/test_triton_sparse.py \
             tests/nn/test_lm_head.py tests/test_precision.py ;;
         attention) run_stage attention "$PY" tools/bench_attention.py ;;
         attention-fast) run_stage attention-fast "$PY" tools/bench_attention.py --methods sdpa multimax multimax-fused ;;
