@@ -4,9 +4,10 @@ On CPU the kernel runs under the Triton interpreter. ``TRITON_INTERPRET=1`` must
 set before Triton itself is imported, so the interpreted cases run in one worker
 process per test session (this module, run with ``--worker``); the pytest process
 never imports Triton in interpreter mode, so nothing leaks into other tests (or into
-the GPU tests of test_multimax_kernel_dispatch.py). Every case draws fresh random inputs and non-trivial SegLU
-parameters and compares O and the gradients of q, k, v, ``ranges`` and ``ts`` with an
-fp64 reference (``attend`` on CPU with the plain autograd ``MultiMax(fused=False)``).
+the GPU tests of ``test_multimax_kernel_dispatch.py``). Every case draws fresh random
+inputs and non-trivial SegLU parameters and compares O and the gradients of q, k, v,
+``ranges`` and ``ts`` with an fp64 reference (``attend`` on CPU with the plain autograd
+``MultiMax(fused=False)``).
 """
 
 from __future__ import annotations
