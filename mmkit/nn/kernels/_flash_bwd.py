@@ -80,6 +80,63 @@ def store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, NP: tl.
 
 
 @triton.jit
+def accumulate_partials(gpart, g0, g1, g2, g3, g4, g5, g6, g7, dsig, a, prm, ORDER: tl.constexpr,
+                        NP: tl.constexpr, PARTIALS: tl.constexpr):
+    """Add one tile's parameter partial sums: ``PARTIALS`` 1, one row vector per sum (orders
+    1 and 2, in ``g0..g7``); 2, the ``[rows, NP]`` tile ``gpart`` (any order); 0, nothing."""
+    if PARTIALS == 1:
+        s0, s1, s2, s3 = _piece_sums(dsig, a, prm, 0)
+        g0, g1, g2, g3 = g0 + s0, g1 + s1, g2 + s2, g3 + s3
+        if ORDER == 2:
+            s4, s5, s6, s7 = _piece_sums(dsig, a, prm, 1)
+            g4, g5, g6, g7 = g4 + s4, g5 + s5, g6 + s6, g7 + s7
+    elif PARTIALS == 2:
+        gpart = _param_partials(gpart, dsig, a, prm, ORDER, NP)
+    return gpart, g0, g1, g2, g3, g4, g5, g6, g7
+
+
+@triton.jit
+def load_query_rows(Q, DO, LSE, DELTA, q_base, do_base, row_base, stride_qm, stride_dom, offs_m, n_q,
+                    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr):
+    """``q``, ``dO``, lse and Δ of the query rows ``offs_m``. Rows past Nq load dO = 0 and
+    lse = +inf, so they add nothing (p = 0)."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_v = tl.arange(0, V_DIM)
+    row_ok = offs_m < n_q
+    q = tl.load(Q + q_base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + do_base + offs_m[:, None] * stride_dom + offs_v[None, :], mask=row_ok[:, None],
+                 other=0.0)
+    lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
+def key_block_query_bounds(start_n, n_q, off, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Causal query range of a key block: queries before ``lo`` see none of its keys, those
+    in ``[lo, mid)`` some (bottom-right mask needed), those from ``mid`` on all of them."""
+    lo = tl.maximum(start_n - off, 0) // BLOCK_M * BLOCK_M
+    mid = (tl.maximum(start_n + BLOCK_N - 1 - off, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    return lo, tl.minimum(mid, n_q)
+
+
+@triton.jit
+def store_key_rows(DK, DV, dk, dv, keep, dk_base, dv_base, offs_n, stride_dkn, stride_dvn, n_k, ln2,
+                   HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr):
+    """Store ``dk·ln2`` and ``dv`` of the key rows ``offs_n``: zeros for keys not kept
+    (padded), nothing past Nk."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_v = tl.arange(0, V_DIM)
+    key_ok = offs_n < n_k
+    dk = tl.where(keep[:, None], dk * ln2, 0.0)
+    dv = tl.where(keep[:, None], dv, 0.0)
+    tl.store(DK + dk_base + offs_n[:, None] * stride_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=key_ok[:, None])
+    tl.store(DV + dv_base + offs_n[:, None] * stride_dvn + offs_v[None, :], dv.to(DV.dtype.element_ty),
+             mask=key_ok[:, None])
+
+
+@triton.jit
 def _dq_loop(dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7, q, do, lse, delta, K, V, MASK, prm,
              k_base, v_base, mask_base, stride_kn, stride_vn, stride_mk, lo, hi, offs_m, n_k, off, c,
              HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -100,14 +157,8 @@ def _dq_loop(dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7, q, do, lse, delta, K, V,
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # [BLOCK_M, BLOCK_N]
         dsig = p * (dp - delta[:, None])  # gradient w.r.t. σ(s)
         dq += tl.dot((dsig * slope).to(k.dtype), k, input_precision=PRECISION)
-        if PARTIALS == 1:  # one [BLOCK_M] accumulator per sum (orders 1 and 2)
-            s0, s1, s2, s3 = _piece_sums(dsig, a, prm, 0)
-            g0, g1, g2, g3 = g0 + s0, g1 + s1, g2 + s2, g3 + s3
-            if ORDER == 2:
-                s4, s5, s6, s7 = _piece_sums(dsig, a, prm, 1)
-                g4, g5, g6, g7 = g4 + s4, g5 + s5, g6 + s6, g7 + s7
-        elif PARTIALS == 2:  # a [BLOCK_M, NP] accumulator (any order)
-            gpart = _param_partials(gpart, dsig, a, prm, ORDER, NP)
+        gpart, g0, g1, g2, g3, g4, g5, g6, g7 = accumulate_partials(
+            gpart, g0, g1, g2, g3, g4, g5, g6, g7, dsig, a, prm, ORDER, NP, PARTIALS)
     return dq, gpart, g0, g1, g2, g3, g4, g5, g6, g7
 
 
@@ -176,18 +227,10 @@ def _dkdv_loop(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, row_base,
                stride_qm, stride_dom, lo, hi, offs_n, n_q, off, prm, c,
                HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                ORDER: tl.constexpr, BOUNDARY: tl.constexpr, PRECISION: tl.constexpr):
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_v = tl.arange(0, V_DIM)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < n_q
-        # Rows past Nq load dO = 0 and lse = +inf, so they add nothing.
-        q = tl.load(Q + q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + do_base + offs_m[:, None] * stride_dom + offs_v[None, :],
-                     mask=row_ok[:, None], other=0.0)
-        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+        q, do, lse, delta = load_query_rows(Q, DO, LSE, DELTA, q_base, do_base, row_base, stride_qm,
+                                            stride_dom, offs_m, n_q, HEAD_DIM, V_DIM)
         a_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
         x_t, slope_t = seglu2_slope(a_t, prm, c, ORDER)
         p_t = tl.exp2(x_t - lse[None, :])
@@ -216,14 +259,8 @@ def mm_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, PRM, MASK,
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_v = tl.arange(0, V_DIM)
-    key_ok = offs_n < N_K
-
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                mask=key_ok[:, None], other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_v[None, :],
-                mask=key_ok[:, None], other=0.0)
+    k, v = load_kv(K, V, b * stride_kb + h * stride_kh, b * stride_vb + h * stride_vh, offs_n,
+                   stride_kn, stride_vn, N_K, HEAD_DIM, V_DIM, True)
     # A padded key gets no gradient at all: its rows are zeroed at the end instead of
     # masking every tile (its p may even overflow; `where` drops that).
     key_keep = load_key_keep(MASK, b * stride_mb + h * stride_mh, stride_mk, offs_n, N_K, HAS_MASK)
@@ -235,11 +272,9 @@ def mm_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, PRM, MASK,
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, V_DIM], dtype=tl.float32)
     if CAUSAL:
-        # Queries before `lo` see none of these keys; from `mid` on they see all of them.
-        lo = tl.maximum(start_n - off, 0) // BLOCK_M * BLOCK_M
-        mid = (tl.maximum(start_n + BLOCK_N - 1 - off, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        lo, mid = key_block_query_bounds(start_n, N_Q, off, BLOCK_M, BLOCK_N)
         dk, dv = _dkdv_loop(dk, dv, k, v, Q, DO, LSE, DELTA, q_base, do_base, row_base,
-                            stride_qm, stride_dom, lo, tl.minimum(mid, N_Q), offs_n, N_Q, off, prm, c,
+                            stride_qm, stride_dom, lo, mid, offs_n, N_Q, off, prm, c,
                             HEAD_DIM, V_DIM, BLOCK_M, ORDER, True, PRECISION)
     else:
         mid = 0
@@ -247,9 +282,5 @@ def mm_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, PRM, MASK,
                         stride_qm, stride_dom, mid, N_Q, offs_n, N_Q, off, prm, c,
                         HEAD_DIM, V_DIM, BLOCK_M, ORDER, False, PRECISION)
 
-    dk = tl.where(key_keep[:, None], dk * ln2, 0.0)
-    dv = tl.where(key_keep[:, None], dv, 0.0)
-    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
-    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_v[None, :]
-    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=key_ok[:, None])
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+    store_key_rows(DK, DV, dk, dv, key_keep, b * stride_dkb + h * stride_dkh, b * stride_dvb + h * stride_dvh,
+                   offs_n, stride_dkn, stride_dvn, N_K, ln2, HEAD_DIM, V_DIM)

@@ -21,8 +21,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flash_bwd import _param_partials, _piece_sums, store_partials
-from ._flash_common import load_key_keep, seglu2_slope
+from ._flash_bwd import (
+    accumulate_partials,
+    key_block_query_bounds,
+    load_query_rows,
+    store_key_rows,
+    store_partials,
+)
+from ._flash_common import load_key_keep, load_kv, seglu2_slope
 
 
 @triton.jit
@@ -56,21 +62,14 @@ def _fused_loop(dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7, k, v, key_keep,
                 ORDER: tl.constexpr, NP: tl.constexpr, BOUNDARY: tl.constexpr,
                 KEY_MASK: tl.constexpr, PRECISION: tl.constexpr, PARTIALS: tl.constexpr):
     offs_d = tl.arange(0, HEAD_DIM)
-    offs_v = tl.arange(0, V_DIM)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < n_q
-        # Rows past Nq load dO = 0 and lse = +inf: p = 0, so they add nothing.
-        q = tl.load(Q + q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + do_base + offs_m[:, None] * stride_dom + offs_v[None, :],
-                     mask=row_ok[:, None], other=0.0)
-        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
+        q, do, lse, delta = load_query_rows(Q, DO, LSE, DELTA, q_base, do_base, row_base, stride_qm,
+                                            stride_dom, offs_m, n_q, HEAD_DIM, V_DIM)
         a_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # [BLOCK_N, BLOCK_M]
         x_t, slope_t = seglu2_slope(a_t, prm, c, ORDER)
         p_t = tl.exp2(x_t - lse[None, :])
-        if KEY_MASK:  # padded keys and keys past Nk feed neither dq nor the partials
+        if KEY_MASK:
             p_t = tl.where(key_keep[:, None], p_t, 0.0)
         if BOUNDARY:  # bottom-right causal: key j is seen by queries i with j <= i + off
             p_t = tl.where(offs_n[:, None] <= offs_m[None, :] + off, p_t, 0.0)
@@ -83,15 +82,9 @@ def _fused_loop(dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7, k, v, key_keep,
         # relaxed: the additions need no ordering among themselves; the kernel's end
         # makes them visible to the cast that follows
         tl.atomic_add(DQACC + (row_base + offs_m)[:, None] * HEAD_DIM + offs_d[None, :], dq * ln2,
-                      mask=row_ok[:, None], sem="relaxed")
-        if PARTIALS == 1:  # one [BLOCK_N] accumulator per sum (orders 1 and 2)
-            s0, s1, s2, s3 = _piece_sums(dsig_t, a_t, prm, 0)
-            g0, g1, g2, g3 = g0 + s0, g1 + s1, g2 + s2, g3 + s3
-            if ORDER == 2:
-                s4, s5, s6, s7 = _piece_sums(dsig_t, a_t, prm, 1)
-                g4, g5, g6, g7 = g4 + s4, g5 + s5, g6 + s6, g7 + s7
-        elif PARTIALS == 2:  # a [BLOCK_N, NP] accumulator (any order)
-            gpart = _param_partials(gpart, dsig_t, a_t, prm, ORDER, NP)
+                      mask=(offs_m < n_q)[:, None], sem="relaxed")
+        gpart, g0, g1, g2, g3, g4, g5, g6, g7 = accumulate_partials(
+            gpart, g0, g1, g2, g3, g4, g5, g6, g7, dsig_t, a_t, prm, ORDER, NP, PARTIALS)
     return dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7
 
 
@@ -112,16 +105,11 @@ def mm_bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQACC, DK, DV, PART, PRM, MASK,
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    offs_v = tl.arange(0, V_DIM)
-    key_ok = offs_n < N_K
-
-    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                mask=key_ok[:, None], other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_v[None, :],
-                mask=key_ok[:, None], other=0.0)
+    k, v = load_kv(K, V, b * stride_kb + h * stride_kh, b * stride_vb + h * stride_vh, offs_n,
+                   stride_kn, stride_vn, N_K, HEAD_DIM, V_DIM, True)
+    # Padded keys and keys past Nk feed neither dq nor the parameter sums.
     key_keep = load_key_keep(MASK, b * stride_mb + h * stride_mh, stride_mk, offs_n, N_K, HAS_MASK)
-    key_keep = key_keep & key_ok
+    key_keep = key_keep & (offs_n < N_K)
     prm = PRM + h * stride_ph
     off = N_K - N_Q
     q_base = b * stride_qb + h * stride_qh
@@ -133,13 +121,11 @@ def mm_bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQACC, DK, DV, PART, PRM, MASK,
     g0 = tl.zeros([BLOCK_N], dtype=tl.float32)
     g1, g2, g3, g4, g5, g6, g7 = g0, g0, g0, g0, g0, g0, g0
     if CAUSAL:
-        # Queries before `lo` see none of these keys; from `mid` on they see all of them.
-        lo = tl.maximum(start_n - off, 0) // BLOCK_M * BLOCK_M
-        mid = (tl.maximum(start_n + BLOCK_N - 1 - off, 0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        lo, mid = key_block_query_bounds(start_n, N_Q, off, BLOCK_M, BLOCK_N)
         dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7 = _fused_loop(
             dk, dv, gpart, g0, g1, g2, g3, g4, g5, g6, g7, k, v, key_keep,
             Q, DO, LSE, DELTA, DQACC, q_base, do_base, row_base, stride_qm, stride_dom,
-            lo, tl.minimum(mid, N_Q), offs_n, N_Q, off, prm, c, ln2,
+            lo, mid, offs_n, N_Q, off, prm, c, ln2,
             HEAD_DIM, V_DIM, BLOCK_M, ORDER, NP, True, KEY_MASK, PRECISION, PARTIALS)
     else:
         mid = 0
@@ -149,10 +135,6 @@ def mm_bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQACC, DK, DV, PART, PRM, MASK,
         mid, N_Q, offs_n, N_Q, off, prm, c, ln2,
         HEAD_DIM, V_DIM, BLOCK_M, ORDER, NP, False, KEY_MASK, PRECISION, PARTIALS)
 
-    dk = tl.where(key_keep[:, None], dk * ln2, 0.0)
-    dv = tl.where(key_keep[:, None], dv, 0.0)
-    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
-    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_v[None, :]
-    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=key_ok[:, None])
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+    store_key_rows(DK, DV, dk, dv, key_keep, b * stride_dkb + h * stride_dkh, b * stride_dvb + h * stride_dvh,
+                   offs_n, stride_dkn, stride_dvn, N_K, ln2, HEAD_DIM, V_DIM)
     store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, NP, PARTIALS)
