@@ -12,6 +12,7 @@ package (computed in fp32 on the same scores).
     python tools/bench_normalizers.py --n 197 --bh 4 --repeats 5
     python tools/bench_normalizers.py --device cuda   # N = 197, 1024, 4096
     python tools/bench_normalizers.py --device cuda --dtype bfloat16 --bh 32
+    python tools/bench_normalizers.py --device cuda --n 197 --profile "mmkit sparsemax"
 """
 
 from __future__ import annotations
@@ -172,6 +173,29 @@ def bench(n: int, bh: int, device: str, repeats: int, scale: float,
     return lines
 
 
+def profile_host(names: list[str], n: int, bh: int, device: str, calls: int = 100) -> None:
+    """cProfile of ``calls`` fwd+bwd calls of each named candidate (where host time goes)."""
+    import cProfile
+    import pstats
+
+    x = torch.randn(bh * n, n, device=device)  # [B·H·N, N]
+    g = torch.randn_like(x)
+    fns = candidates(device)
+    for name in names:
+        if name not in fns:
+            sys.exit(f"--profile: unknown candidate {name!r}; one of: {', '.join(fns)}")
+        for _ in range(3):
+            fwd_bwd(fns[name], x, g)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(calls):
+            fwd_bwd(fns[name], x, g)
+        prof.disable()
+        print(f"\n# {name}: Python profile of {calls} fwd+bwd calls, N={n}, rows={bh * n} "
+              "(top 25 by own time)")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=None,
@@ -181,6 +205,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="std of the scores")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", nargs="+", metavar="NAME",
+                        help="instead of the table: cProfile these candidates at the first --n")
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     if gpu and not torch.cuda.is_available():
@@ -195,6 +221,9 @@ def main() -> None:
         import triton
         info += f", triton {triton.__version__}, {torch.cuda.get_device_name()}"
     print(info)
+    if args.profile:
+        profile_host(args.profile, n_list[0], bh, args.device)
+        return
     for n in n_list:
         print("\n".join(bench(n, bh, args.device, repeats, args.scale, dtype)), flush=True)
 

@@ -109,7 +109,8 @@ def main() -> None:
         return
     rep = dataclasses.replace
     fwd_tiles = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3),
-                 (64, 64, 4, 2), (64, 128, 4, 3), (64, 32, 4, 3), (64, 64, 8, 3)]
+                 (64, 64, 4, 2), (64, 128, 4, 3), (64, 32, 4, 3), (64, 64, 8, 3),
+                 (32, 64, 4, 3), (32, 32, 4, 3)]
     print("\n| fwd (m, n, warps, stages) | order 2 ms | order 0 ms |\n|---|---|---|")
     for m, n, w, st in fwd_tiles:
         cfg = rep(cfg0, fwd_m=m, fwd_n=n, fwd_warps=w, fwd_stages=st)
@@ -171,6 +172,17 @@ def host_overhead(head_dim: int, calls: int = 200) -> None:
             fn()
         torch.cuda.synchronize()
         print(f"| {name} | {(time.perf_counter() - start) / calls * 1e6:.0f} |")
+    import cProfile
+    import pstats
+
+    prof_py = cProfile.Profile()
+    prof_py.enable()
+    for _ in range(calls):
+        full()
+    torch.cuda.synchronize()
+    prof_py.disable()
+    print(f"\n# Python profile of {calls} autograd fwd+bwd calls (top 30 by own time)")
+    pstats.Stats(prof_py).sort_stats("tottime").print_stats(30)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -211,6 +211,7 @@ def kernels(interpret: bool) -> SimpleNamespace:
             os.environ["TRITON_INTERPRET"] = old
 
 
+@functools.lru_cache(maxsize=64)
 def launch_config(n_cols: int) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_N, num_warps)`` for rows of ``n_cols`` entries: whole rows, about
     2048 entries a program and 16 a thread (32 from ``N > 8192``), so nothing spills."""

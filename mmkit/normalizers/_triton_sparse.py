@@ -14,6 +14,7 @@ the backward recomputes ``p`` from them in fp32, as the forward computed it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ _KIND = {"sparsemax": 0, "entmax15": 1, "entmax": 2}
 _enabled = True
 
 
+@functools.cache
 def triton_available() -> bool:
     """Whether the ``triton`` package can be imported."""
     return importlib.util.find_spec("triton") is not None
