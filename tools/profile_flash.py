@@ -117,7 +117,8 @@ def main() -> None:
         print(f"| {m, n, w, st} | {bench(lambda: kernels(2, cfg, 1)[0], True)} "
               f"| {bench(lambda: kernels(0, cfg, 0)[0], True)} |")
     bwd_tiles = [(128, 32, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (32, 32, 4, 3),
-                 (64, 64, 4, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 3)]
+                 (64, 64, 4, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 3),
+                 (64, 16, 4, 2), (128, 16, 8, 2)]
     print("\n| dq (m, n, warps, stages) | order 2, partials 1 ms | order 0 ms |\n|---|---|---|")
     for m, n, w, st in bwd_tiles:
         cfg = rep(cfg0, dq_m=m, dq_n=n, bwd_warps=w, bwd_stages=st)
