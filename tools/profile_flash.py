@@ -153,6 +153,26 @@ def host_overhead(head_dim: int, calls: int = 200) -> None:
     def full():
         multimax_flash_attention(qg, k, v, norm.ranges, norm.ts).backward(do)
 
+    def frozen():  # no parameter gradients: no partials, no unfold, no AccumulateGrad for them
+        multimax_flash_attention(qg, k, v, norm.ranges.detach(), norm.ts.detach()).backward(do)
+
+    def no_grad_forward():
+        with torch.no_grad():
+            multimax_flash_attention(q, k, v, norm.ranges, norm.ts)
+
+    def backward_on_main_thread():  # what the autograd backward runs, called directly
+        dq, dk, dv, part = fl.flash_backward(do, q, k, v, o, lse, prm, None, False, scale, order, cfg)
+        fl.unfold_gradients(part, norm.ranges, norm.ts, order, scale, 1, 1)
+
+    class _Empty(torch.autograd.Function):  # the autograd machinery alone
+        @staticmethod
+        def forward(ctx, x):
+            return torch.empty_like(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.empty_like(g)
+
     pieces = {
         "fold_parameters": lambda: fl.fold_parameters(norm.ranges, norm.ts, order, scale),
         "forward launch": lambda: fl.flash_forward(q, k, v, prm, None, False, scale, order, cfg),
@@ -161,6 +181,11 @@ def host_overhead(head_dim: int, calls: int = 200) -> None:
                                                cfg),
         "unfold_gradients": lambda: fl.unfold_gradients(part, norm.ranges, norm.ts, order, scale, 1, 1),
         "autograd fwd+bwd (all)": full,
+        "autograd fwd+bwd, frozen parameters": frozen,
+        "forward under no_grad": no_grad_forward,
+        "forward building the graph": lambda: multimax_flash_attention(qg, k, v, norm.ranges, norm.ts),
+        "backward called on the main thread": backward_on_main_thread,
+        "empty autograd.Function fwd+bwd": lambda: _Empty.apply(qg).backward(do),
         "sdpa fwd+bwd": lambda: torch.nn.functional.scaled_dot_product_attention(qg, k, v).backward(do),
     }
     print(f"# host time per call, B1 H1 N64 d{head_dim} bf16, {calls} calls, µs\n| piece | µs |\n|---|---|")

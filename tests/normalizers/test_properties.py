@@ -161,3 +161,15 @@ def test_per_head_equals_separate_normalizers(vid, name, kw):
         assert torch.allclose(p[:, h], single(x[:, h]), atol=1e-12)
     with pytest.raises(ValueError, match="per-head"):
         norm(_scores((2, 4, 4, 6)))
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), (2, 1, 3, 6)])
+def test_to_rows_flattens_every_dim_and_back_restores_it(shape):
+    from mmkit.normalizers._sparse import to_rows
+
+    x = torch.randn(*shape)
+    for dim in range(-len(shape), len(shape)):
+        rows, back = to_rows(x, dim)
+        expected = x.movedim(dim, -1).reshape(-1, shape[dim])  # [M, N]
+        assert torch.equal(rows, expected), (shape, dim)
+        assert torch.equal(back(rows * 2), x * 2), (shape, dim)

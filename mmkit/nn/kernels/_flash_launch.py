@@ -80,25 +80,28 @@ def pick_config(head_dim: int, dtype: torch.dtype, device: torch.device,
 
 @functools.lru_cache(maxsize=64)
 def _coefficients(order: int, scale: float, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-order constants, made once per ``(order, scale, device)``: ``[N, 1]`` L·scaleⁿ
-    (folding ``ts``), ``[N, 2]`` ±n·scaleⁿ⁻¹ (gradients of b and d), ``[N, 1]`` scaleⁿ."""
+    """Per-order constants, made once per ``(order, scale, device)``: ``[N, 4]``
+    ``(1/scale, 1/scale, L·scaleⁿ, L·scaleⁿ)`` (folding ``(b, d, tb, td)``), ``[N, 2]``
+    ±n·scaleⁿ⁻¹ (gradients of b and d), ``[N, 1]`` scaleⁿ."""
     n = torch.arange(1, order + 1, dtype=torch.float64)[:, None]  # [N, 1]
     sign = torch.tensor([[1.0, -1.0]], dtype=torch.float64)  # b: +, d: −
-    consts = (LOG2E * scale ** n, n * scale ** (n - 1) * sign, scale ** n)
+    fold = torch.cat([torch.full((order, 2), 1.0 / scale, dtype=torch.float64),
+                      (LOG2E * scale ** n).expand(order, 2)], dim=1)  # [N, 4]
+    consts = (fold, n * scale ** (n - 1) * sign, scale ** n)
     return tuple(c.to(device=device, dtype=torch.float32) for c in consts)
 
 
 def fold_parameters(ranges: Tensor, ts: Tensor, order: int, scale: float) -> Tensor:
     """``[Hp, 4·order]`` fp32 buffer ``[b″, d″, tb″, td″]`` per order (see ``_flash_common``).
 
-    ``ranges``/``ts`` are ``[2N]`` (shared, Hp = 1) or ``[H, 2N]`` (per head). Three small
-    device ops: the host cost matters at short sequences.
+    ``ranges``/``ts`` are ``[2N]`` (shared, Hp = 1) or ``[H, 2N]`` (per head). Two small
+    device ops (a concatenation and an in-place product): the host cost matters at short
+    sequences.
     """
-    r = ranges.detach().float().reshape(-1, order, 2)  # [Hp, N, (b, d)]
-    t = ts.detach().float().reshape(-1, order, 2)  # [Hp, N, (tb, td)]
-    fold_t, _, _ = _coefficients(order, float(scale), r.device)
-    folded = torch.cat([r * (1.0 / scale), t * fold_t], dim=-1)  # [Hp, N, 4]; L·t·scaleⁿ
-    return folded.view(r.shape[0], 4 * order)
+    fold, _, _ = _coefficients(order, float(scale), ranges.device)
+    pairs = torch.cat([ranges.detach().reshape(-1, order, 2), ts.detach().reshape(-1, order, 2)],
+                      dim=-1).float()  # [Hp, N, (b, d, tb, td)]
+    return pairs.mul_(fold).view(pairs.shape[0], 4 * order)  # (b/scale, d/scale, L·t·scaleⁿ)
 
 
 def unfold_gradients(partials: Tensor, ranges: Tensor, ts: Tensor, order: int, scale: float,
