@@ -162,7 +162,7 @@ def host_overhead(head_dim: int, calls: int = 200) -> None:
 
     def backward_on_main_thread():  # what the autograd backward runs, called directly
         dq, dk, dv, part = fl.flash_backward(do, q, k, v, o, lse, prm, None, False, scale, order, cfg)
-        fl.unfold_gradients(part, norm.ranges, norm.ts, order, scale, 1, 1)
+        fl.unfold_gradients(part, norm.ranges, norm.ts, order, 1, 1)
 
     class _Empty(torch.autograd.Function):  # the autograd machinery alone
         @staticmethod
@@ -179,7 +179,7 @@ def host_overhead(head_dim: int, calls: int = 200) -> None:
         "dq launch": lambda: fl.launch_dq(do, q, k, v, o, lse, prm, None, False, scale, order, cfg, 1),
         "dk/dv launch": lambda: fl.launch_dkdv(do, q, k, v, lse, delta, prm, None, False, scale, order,
                                                cfg),
-        "unfold_gradients": lambda: fl.unfold_gradients(part, norm.ranges, norm.ts, order, scale, 1, 1),
+        "unfold_gradients": lambda: fl.unfold_gradients(part, norm.ranges, norm.ts, order, 1, 1),
         "autograd fwd+bwd (all)": full,
         "autograd fwd+bwd, frozen parameters": frozen,
         "forward under no_grad": no_grad_forward,

@@ -15,8 +15,8 @@ Both recompute ``a = q·k``, ``x = L·σ(scale·a)`` and its slope ``c·σ′``,
 ``p = exp2(x − lse)``; then ``dσ = p∘(dp − Δ)`` and ``d a = dσ∘slope / L``.
 The raw partials (``a``-units, ``u_b = max(b″ − a, 0)``, ``u_d = max(a − d″, 0)``),
 per order ``n``: ``Σ dσ·u_bⁿ⁻¹``, ``Σ dσ·u_dⁿ⁻¹`` (an indicator for n = 1),
-``Σ dσ·u_bⁿ``, ``Σ dσ·u_dⁿ``; ``fold_parameters``'s companion turns them into the
-gradients of ``ranges`` and ``ts``.
+``Σ dσ·u_bⁿ``, ``Σ dσ·u_dⁿ``. ``store_partials`` scales them into the gradients of
+``ranges`` and ``ts`` per program, so the host only sums the programs' rows.
 """
 
 from __future__ import annotations
@@ -64,19 +64,33 @@ def _param_partials(gpart, dsig, a, prm, ORDER: tl.constexpr, NP: tl.constexpr):
 
 
 @triton.jit
-def store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, NP: tl.constexpr,
-                   PARTIALS: tl.constexpr):
-    """Write this program's ``NP`` parameter partial sums (row ``pid`` of ``PART[bh]``) once."""
-    cols = tl.arange(0, NP)
-    part = (bh.to(tl.int64) * tl.num_programs(0) + pid) * NP + cols
-    if PARTIALS == 1:
-        sums = tl.where(cols == 0, tl.sum(g0, 0), 0.0) + tl.where(cols == 1, tl.sum(g1, 0), 0.0)
-        sums += tl.where(cols == 2, tl.sum(g2, 0), 0.0) + tl.where(cols == 3, tl.sum(g3, 0), 0.0)
-        sums += tl.where(cols == 4, tl.sum(g4, 0), 0.0) + tl.where(cols == 5, tl.sum(g5, 0), 0.0)
-        sums += tl.where(cols == 6, tl.sum(g6, 0), 0.0) + tl.where(cols == 7, tl.sum(g7, 0), 0.0)
-        tl.store(PART + part, sums)
-    elif PARTIALS == 2:
-        tl.store(PART + part, tl.sum(gpart, 0))
+def store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, prm, c, ORDER: tl.constexpr,
+                   NP: tl.constexpr, PARTIALS: tl.constexpr):
+    """Write this program's share of the SegLU parameter gradients (row ``pid`` of
+    ``PART[bh]``) once, already scaled: columns ``[∂b₁, ∂d₁, …, ∂b_N, ∂d_N]`` (``ranges``)
+    then ``[∂tb₁, ∂td₁, …]`` (``ts``), zeros past ``4·ORDER``. With ``tb″ = L·tb·scaleⁿ``
+    and ``c = L·scale``: ``∂b = tb″·n/c·Σ dσ·u_bⁿ⁻¹``, ``∂d = −td″·n/c·Σ dσ·u_dⁿ⁻¹``,
+    ``∂t = scaleⁿ·Σ dσ·uⁿ``."""
+    if PARTIALS != 0:
+        cols = tl.arange(0, NP)
+        if PARTIALS == 1:
+            sums = tl.where(cols == 0, tl.sum(g0, 0), 0.0) + tl.where(cols == 1, tl.sum(g1, 0), 0.0)
+            sums += tl.where(cols == 2, tl.sum(g2, 0), 0.0) + tl.where(cols == 3, tl.sum(g3, 0), 0.0)
+            sums += tl.where(cols == 4, tl.sum(g4, 0), 0.0) + tl.where(cols == 5, tl.sum(g5, 0), 0.0)
+            sums += tl.where(cols == 6, tl.sum(g6, 0), 0.0) + tl.where(cols == 7, tl.sum(g7, 0), 0.0)
+        else:
+            sums = tl.sum(gpart, 0)
+        scale = c / 1.4426950408889634  # c / L
+        coef = tl.zeros([NP], dtype=tl.float32)
+        for i in tl.static_range(ORDER):
+            _, _, tb, td = _load_piece(prm, i)
+            coef = tl.where(cols == 4 * i, tb * (i + 1) / c, coef)
+            coef = tl.where(cols == 4 * i + 1, -td * (i + 1) / c, coef)
+            coef = tl.where((cols == 4 * i + 2) | (cols == 4 * i + 3), _pow(scale, i + 1), coef)
+        piece, j = cols // 4, cols % 4
+        dest = tl.where(j < 2, 2 * piece + j, 2 * ORDER + 2 * piece + j - 2)
+        dest = tl.where(cols < 4 * ORDER, dest, cols)  # [NP]: ranges, then ts, then zeros
+        tl.store(PART + (bh.to(tl.int64) * tl.num_programs(0) + pid) * NP + dest, sums * coef)
 
 
 @triton.jit
@@ -219,7 +233,7 @@ def mm_bwd_dq_kernel(Q, K, V, DO, OUT, LSE, DELTA, DQ, PART, PRM, MASK,
 
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :]
     tl.store(dq_ptrs, (dq * ln2).to(DQ.dtype.element_ty), mask=row_ok[:, None])
-    store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, NP, PARTIALS)
+    store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, prm, c, ORDER, NP, PARTIALS)
 
 
 @triton.jit

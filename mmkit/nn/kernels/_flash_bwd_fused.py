@@ -137,4 +137,4 @@ def mm_bwd_fused_kernel(Q, K, V, DO, LSE, DELTA, DQACC, DK, DV, PART, PRM, MASK,
 
     store_key_rows(DK, DV, dk, dv, key_keep, b * stride_dkb + h * stride_dkh, b * stride_dvb + h * stride_dvh,
                    offs_n, stride_dkn, stride_dvn, N_K, ln2, HEAD_DIM, V_DIM)
-    store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, NP, PARTIALS)
+    store_partials(PART, bh, pid, gpart, g0, g1, g2, g3, g4, g5, g6, g7, prm, c, ORDER, NP, PARTIALS)

@@ -79,16 +79,13 @@ def pick_config(head_dim: int, dtype: torch.dtype, device: torch.device,
 
 
 @functools.lru_cache(maxsize=64)
-def _coefficients(order: int, scale: float, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-order constants, made once per ``(order, scale, device)``: ``[N, 4]``
-    ``(1/scale, 1/scale, L·scaleⁿ, L·scaleⁿ)`` (folding ``(b, d, tb, td)``), ``[N, 2]``
-    ±n·scaleⁿ⁻¹ (gradients of b and d), ``[N, 1]`` scaleⁿ."""
+def _fold_coefficients(order: int, scale: float, device: torch.device) -> Tensor:
+    """``[N, 4]`` ``(1/scale, 1/scale, L·scaleⁿ, L·scaleⁿ)``, the factors that fold
+    ``(b, d, tb, td)`` of order ``n``; made once per ``(order, scale, device)``."""
     n = torch.arange(1, order + 1, dtype=torch.float64)[:, None]  # [N, 1]
-    sign = torch.tensor([[1.0, -1.0]], dtype=torch.float64)  # b: +, d: −
     fold = torch.cat([torch.full((order, 2), 1.0 / scale, dtype=torch.float64),
                       (LOG2E * scale ** n).expand(order, 2)], dim=1)  # [N, 4]
-    consts = (fold, n * scale ** (n - 1) * sign, scale ** n)
-    return tuple(c.to(device=device, dtype=torch.float32) for c in consts)
+    return fold.to(device=device, dtype=torch.float32)
 
 
 def fold_parameters(ranges: Tensor, ts: Tensor, order: int, scale: float) -> Tensor:
@@ -98,27 +95,28 @@ def fold_parameters(ranges: Tensor, ts: Tensor, order: int, scale: float) -> Ten
     device ops (a concatenation and an in-place product): the host cost matters at short
     sequences.
     """
-    fold, _, _ = _coefficients(order, float(scale), ranges.device)
+    fold = _fold_coefficients(order, float(scale), ranges.device)
     pairs = torch.cat([ranges.detach().reshape(-1, order, 2), ts.detach().reshape(-1, order, 2)],
                       dim=-1).float()  # [Hp, N, (b, d, tb, td)]
     return pairs.mul_(fold).view(pairs.shape[0], 4 * order)  # (b/scale, d/scale, L·t·scaleⁿ)
 
 
-def unfold_gradients(partials: Tensor, ranges: Tensor, ts: Tensor, order: int, scale: float,
-                     batch: int, heads: int) -> tuple[Tensor, Tensor]:
-    """Gradients of ``ranges`` and ``ts`` from the kernel's raw partial sums.
+def unfold_gradients(partials: Tensor, ranges: Tensor, ts: Tensor, order: int, batch: int,
+                     heads: int) -> tuple[Tensor, Tensor]:
+    """Gradients of ``ranges`` and ``ts``: the sum of the programs' shares.
 
-    ``partials`` is ``[B·H, blocks, NP]``; the first ``4·order`` columns per order are
-    ``Σ dσ·u_bⁿ⁻¹, Σ dσ·u_dⁿ⁻¹, Σ dσ·u_bⁿ, Σ dσ·u_dⁿ`` in units of the raw dot product.
+    ``partials`` is ``[B·H, blocks, NP]``; each row holds one program's share, already
+    scaled by the kernel (``store_partials``): ``2·order`` columns for ``ranges``, then
+    ``2·order`` for ``ts``, then zeros. One device op (the sum) and two slices.
     """
-    p = partials.view(batch, heads, partials.shape[1], partials.shape[2])[..., : 4 * order]
-    g = p.sum((0, 2) if ranges.ndim == 2 else (0, 1, 2))  # [H, 4N] or [4N]
-    g = g.view(*g.shape[:-1], order, 4)  # [(H,) N, 4]
-    _, bd, s_n = _coefficients(order, float(scale), g.device)
-    t = ts.detach().float().view(*g.shape[:-1], 2)  # [(H,) N, (tb, td)]
-    grad_r = (t * g[..., :2] * bd).view(ranges.shape)  # ±t·n·scaleⁿ⁻¹·Σ dσ·relu(·)ⁿ⁻¹
-    grad_t = (g[..., 2:] * s_n).reshape(ts.shape)  # scaleⁿ·Σ dσ·relu(·)ⁿ
-    return grad_r.to(ranges.dtype), grad_t.to(ts.dtype)
+    if ranges.ndim == 2:  # per head
+        g = partials.view(batch, heads, partials.shape[1], partials.shape[2]).sum((0, 2))  # [H, NP]
+    else:
+        g = partials.sum((0, 1))  # [NP]
+    grad_r, grad_t = g[..., : 2 * order], g[..., 2 * order: 4 * order]  # shaped as ranges, ts
+    if grad_r.dtype != ranges.dtype or grad_t.dtype != ts.dtype:
+        grad_r, grad_t = grad_r.to(ranges.dtype), grad_t.to(ts.dtype)
+    return grad_r, grad_t
 
 
 def _precision(x: Tensor) -> str:

@@ -58,8 +58,7 @@ class _MultiMaxFlash(torch.autograd.Function):
                                               ctx.causal, ctx.scale, ctx.order, ctx.cfg, param_grad)
         grad_r = grad_t = None
         if partials is not None:
-            grad_r, grad_t = unfold_gradients(partials, ranges, ts, ctx.order, ctx.scale,
-                                              q.shape[0], q.shape[1])
+            grad_r, grad_t = unfold_gradients(partials, ranges, ts, ctx.order, q.shape[0], q.shape[1])
         return dq, dk, dv, grad_r, grad_t, None, None, None, None, None
 
 
