@@ -138,9 +138,11 @@ def _config_hint(path: Path) -> str:
     return "rerun with the config it was trained with"
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint memory-mapped on the CPU (tensors are not read into memory),
-    or raise one clear ``ValueError`` when it is truncated, corrupt or not a checkpoint."""
+def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
+    """Load a checkpoint memory-mapped on the CPU (tensors are not read into memory) with
+    torch's safe loader, which runs no code from the file; raise one clear ``ValueError``
+    when it is truncated, corrupt, not a checkpoint, or holds objects the safe loader refuses.
+    ``trust`` (``--weights_only false``) uses the full unpickler, for a file the user trusts."""
     what = f"checkpoint {path} is unreadable"
     todo = ("it is probably truncated or corrupt (a crash or a copy cut short); "
             "use another checkpoint, e.g. an earlier epoch=*.ckpt, or copy it again")
@@ -148,12 +150,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{what}: the file is empty; {todo}")
     try:
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=not trust, mmap=True)
         except RuntimeError as err:
             if "mmap can only be used" not in str(err):
                 raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)  # legacy (non-zip) format
+            ckpt = torch.load(path, map_location="cpu", weights_only=not trust)  # legacy (non-zip) format
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
+        if "Weights only load failed" in str(err):
+            raise ValueError(unsafe_checkpoint_message(path, err)) from None
         reason = " ".join(str(err).split()).split(". ")[0][:120] or type(err).__name__
         raise ValueError(f"{what} ({type(err).__name__}: {reason}); {todo}") from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
@@ -163,17 +167,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def unsafe_checkpoint_message(path: str | os.PathLike, err: BaseException) -> str:
+    """Why the safe loader refused ``path``: the Python object it would have had to create."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    what = f" ({found.group(1)})" if found else ""
+    return (f"checkpoint {path} holds Python objects{what} that the safe loader refuses to create, so "
+            "nothing in it was run; mmkit's own checkpoints never need them. If you trust the file "
+            "(e.g. one an older tool wrote for you), load it with --weights_only false")
+
+
 def _likely_reason(names: list[str]) -> str:
     if any(re.search(r"(^|\.)(ranges|ts)$|normalizer", n) for n in names):
         return "it was probably trained with a different normalizer (e.g. multimax vs softmax)"
     return "it was probably saved from a different model or config (size, preset, vocabulary, ...)"
 
 
-def check_checkpoint(path: str | os.PathLike, model: LightningModule, fitting: bool = False) -> None:
+def check_checkpoint(path: str | os.PathLike, model: LightningModule, fitting: bool = False,
+                     trust: bool = False) -> None:
     """Raise one clear ``ValueError`` unless ``path`` is a readable Lightning checkpoint whose
     ``state_dict`` matches ``model`` (same keys and shapes; keys are only required to match
     when the model loads strictly). ``fitting`` also requires the optimizer state needed to resume."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trust=trust)
     try:
         saved: dict[str, Any] = ckpt["state_dict"]
         expected = model.state_dict()

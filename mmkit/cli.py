@@ -26,15 +26,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
 from .callbacks import NonFiniteGuard, PredictionsCSV
-from .checkpointing import (
-    AtomicModelCheckpoint,
-    check_checkpoint,
-    install_atomic_checkpoint_io,
-    read_checkpoint,
-    slurm_hpc_checkpoint,
-)
+from .checkpointing import AtomicModelCheckpoint, check_checkpoint, install_atomic_checkpoint_io, read_checkpoint
 from .cli_errors import ConfigError, check_config_files, check_output_dir, one_line, summarize_parse_error
+from .provenance import ProvenanceRecord, definition, plain
 from .resume import ExactResume
+from .runs import RunConfigRecord, resolve_checkpoint
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.loggers.CSVLogger",
@@ -68,15 +64,22 @@ class _OneLineParser(LightningArgumentParser):
 class MMKitCLI(LightningCLI):
     """LightningCLI with mmkit's defaults: a configurable ``ModelCheckpoint`` that
     keeps ``last.ckpt`` (so ``--ckpt_path last`` resumes), a rich progress bar, a CSV
-    logger under ``runs/``, seed 0, a ``config.yaml`` that reruns overwrite,
-    ``predictions.csv`` from ``predict``, and exact mid-epoch resume
-    (:class:`~mmkit.resume.ExactResume`)."""
+    logger under ``runs/``, seed 0, ``predictions.csv`` from ``predict``, and exact
+    mid-epoch resume (:class:`~mmkit.resume.ExactResume`).
+
+    Every checkpoint records the run's definition (:mod:`mmkit.provenance`), and every
+    checkpoint a command loads is checked against the config before anything is built or
+    written; the run directory's ``config*.yaml`` files are append-only (:mod:`mmkit.runs`).
+    After a subcommand, ``results`` holds what the trainer returned (``trainer.test``'s
+    metrics, for example)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        self.results: Any = None
+        self.definition: dict[str, Any] = {}
         super().__init__(
             LightningModule, LightningDataModule,
+            save_config_callback=RunConfigRecord,
             subclass_mode_model=True, subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             auto_configure_optimizers=False,  # tasks build their own parameter groups
@@ -96,10 +99,13 @@ class MMKitCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads ``--ckpt_path`` right after parsing (for its hyperparameters): first
-        make sure it is a readable checkpoint, or end with one clear line."""
+        """Make sure ``--ckpt_path`` names a readable checkpoint, or end with one clear line.
+        Unlike Lightning's, the checkpoint's hyperparameters are not merged into the config:
+        the config is what runs, and the checkpoint must record the same definition
+        (checked in :meth:`before_instantiate_classes`)."""
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        config = self.config[subcommand] if subcommand else None
+        ckpt_path = config.get("ckpt_path") if config is not None else None
         if ckpt_path and Path(ckpt_path).is_dir():
             raise ValueError(f"--ckpt_path {ckpt_path} is a directory; pass a .ckpt file in it "
                              "(e.g. checkpoints/last.ckpt) or `--ckpt_path last`")
@@ -108,13 +114,13 @@ class MMKitCLI(LightningCLI):
             raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; check --ckpt_path, or use "
                                     "`--ckpt_path last` to resume the newest run of this config")
         if ckpt_path and Path(ckpt_path).is_file():
-            read_checkpoint(ckpt_path)  # memory-mapped; raises ValueError
-        super()._parse_ckpt_path()
+            read_checkpoint(ckpt_path, trust=_trusted(config))  # memory-mapped; raises ValueError
 
     def before_instantiate_classes(self) -> None:
-        """Check that the output directories can be written (before anything is), then:
-        ``--ckpt_path last`` continues the newest run of this logger name in place, or,
-        in a requeued SLURM job, from its newer ``hpc_ckpt_*.ckpt``."""
+        """Check that the output directories can be written (before anything is), then the
+        checkpoint to load against the config's definition; ``--ckpt_path last`` continues
+        the newest run of this config in place (or, in a requeued SLURM job, from its newer
+        ``hpc_ckpt_*.ckpt``)."""
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is None:
             return
@@ -125,8 +131,17 @@ class MMKitCLI(LightningCLI):
                 value = None
             if isinstance(value, (str, os.PathLike)):
                 check_output_dir(value, option)
-        if config.get("ckpt_path") == "last":
-            resume_latest_or_hpc(config)
+        self.definition = definition(config)
+        resolve_checkpoint(config, self.definition, fitting=self.subcommand == "fit", trust=_trusted(config))
+
+    def instantiate_classes(self) -> None:
+        """As Lightning's, then the network's spec joins the task's hyperparameters, so that
+        ``Task.load_from_checkpoint(path)`` rebuilds the network from the checkpoint alone."""
+        super().instantiate_classes()
+        network = self.definition.get("network")
+        hparams = getattr(self.model, "hparams", None)
+        if network is not None and hparams is not None and "_instantiator" in hparams:
+            hparams["network"] = plain(network)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         given = list(config.get("callbacks") or []) + list(callbacks)
@@ -137,55 +152,25 @@ class MMKitCLI(LightningCLI):
             callbacks = [*callbacks, PredictionsCSV()]
         if not any(isinstance(c, ExactResume) for c in given):  # RNG states + data position
             callbacks = [*callbacks, ExactResume()]
+        callbacks = [*callbacks, ProvenanceRecord(self.definition)]
         trainer = super()._instantiate_trainer(config, callbacks)
         install_atomic_checkpoint_io(trainer)  # crash-safe saves, unless the user brought an IO
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Check the checkpoint to load (a file, or SLURM's hpc checkpoint) before Lightning reads it."""
-        ckpt_path = self.config_init[subcommand].get("ckpt_path")
-        if ckpt_path in (None, "hpc"):
-            ckpt_path = slurm_hpc_checkpoint(self.trainer.default_root_dir)
+        """Check the checkpoint to load (a file, or SLURM's hpc checkpoint) against the model
+        before Lightning reads it; run the subcommand and keep what it returns in ``results``."""
+        config = self.config_init[subcommand]
+        ckpt_path = config.get("ckpt_path")
         if ckpt_path is not None and os.path.isfile(ckpt_path):
-            check_checkpoint(ckpt_path, self.model, fitting=subcommand == "fit")
-        super()._run_subcommand(subcommand)
+            check_checkpoint(ckpt_path, self.model, fitting=subcommand == "fit", trust=_trusted(config))
+        run = getattr(self.trainer, subcommand)
+        self.results = run(**self._prepare_subcommand_kwargs(subcommand))
 
 
-def resume_latest_or_hpc(config: Namespace) -> None:
-    """:func:`resume_latest`, except that under SLURM a ``hpc_ckpt_*.ckpt`` in the trainer's
-    ``default_root_dir`` (saved when the job was preempted) wins when it is the newer one;
-    the logger then keeps its configured version (the job id in ``tools/slurm/train.sbatch``)."""
-    hpc = slurm_hpc_checkpoint(config.trainer.get("default_root_dir"))
-    init = getattr(config.trainer.get("logger"), "init_args", None)
-    version = init.get("version") if init is not None else None
-    resume_latest(config)
-    dirpath = config.get("checkpoint", {}).get("dirpath")
-    if config.ckpt_path != "last":
-        last: Path | None = Path(config.ckpt_path)
-    else:  # resume_latest found nothing, or left an explicit checkpoint.dirpath to Lightning
-        last = Path(dirpath) / "last.ckpt" if dirpath else None
-    if hpc is not None and (last is None or not last.is_file()
-                            or hpc.stat().st_mtime >= last.stat().st_mtime):
-        config.ckpt_path = str(hpc)
-        if init is not None:
-            init.version = version
-
-
-def resume_latest(config: Namespace) -> None:
-    """Point ``ckpt_path`` at the newest ``last.ckpt`` under the logger's directory
-    (``<save_dir>/<name>/version_*/checkpoints``) and pin the logger to that version,
-    so logs and checkpoints continue in the same place. Without one, Lightning's own
-    ``"last"`` handling starts from scratch with a warning. An explicit
-    ``checkpoint.dirpath`` is left to Lightning, which finds ``last.ckpt`` there."""
-    logger = config.trainer.get("logger")
-    init = getattr(logger, "init_args", None)
-    if config.get("checkpoint", {}).get("dirpath") or init is None or "save_dir" not in init:
-        return
-    root = Path(init.save_dir) / (init.get("name") or "")
-    found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if found:
-        config.ckpt_path = str(found[-1])
-        init.version = found[-1].parent.parent.name
+def _trusted(config: Namespace | None) -> bool:
+    """``--weights_only false``: the user trusts the checkpoint's pickled objects."""
+    return config is not None and config.get("weights_only") is False
 
 
 def _demo() -> int:

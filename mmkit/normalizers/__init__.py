@@ -12,6 +12,7 @@ property tests loop over this dict.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Union
 
 from .base import Normalizer
@@ -33,14 +34,12 @@ NORMALIZERS: dict[str, type[Normalizer]] = {
 }
 
 
-def build_normalizer(name: str, **kwargs: Any) -> Normalizer:
-    """Instantiate a normalizer from a registry name or a ``module.Class`` path."""
-    if isinstance(name, Normalizer):
-        return name
+def normalizer_class(name: str) -> type[Normalizer]:
+    """The class a registry name or ``module.Class`` path names."""
     key = name.lower() if isinstance(name, str) else name
     if key in NORMALIZERS:
-        cls = NORMALIZERS[key]
-    elif isinstance(name, str) and "." in name:
+        return NORMALIZERS[key]
+    if isinstance(name, str) and "." in name:
         module, _, attr = name.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), attr)
@@ -48,11 +47,18 @@ def build_normalizer(name: str, **kwargs: Any) -> Normalizer:
             raise ValueError(f"cannot import normalizer class {name!r}: {err}") from None
         if not (isinstance(cls, type) and issubclass(cls, Normalizer)):
             raise ValueError(f"{name!r} is not a subclass of mmkit.normalizers.Normalizer")
-    else:
-        raise ValueError(
-            f"unknown normalizer {name!r}; choose one of {', '.join(NORMALIZERS)} "
-            "or give a class path such as mmkit.normalizers.MultiMax"
-        )
+        return cls
+    raise ValueError(
+        f"unknown normalizer {name!r}; choose one of {', '.join(NORMALIZERS)} "
+        "or give a class path such as mmkit.normalizers.MultiMax"
+    )
+
+
+def build_normalizer(name: str, **kwargs: Any) -> Normalizer:
+    """Instantiate a normalizer from a registry name or a ``module.Class`` path."""
+    if isinstance(name, Normalizer):
+        return name
+    cls = normalizer_class(name)
     try:
         return cls(**kwargs)
     except TypeError as err:
@@ -66,10 +72,10 @@ def build_normalizer(name: str, **kwargs: Any) -> Normalizer:
 NormalizerSpec = Union[str, dict[str, Any]]
 
 
-def make_normalizer(spec: NormalizerSpec, **overrides: Any) -> Normalizer:
-    """Build a fresh normalizer from a :data:`NormalizerSpec` (plus ``overrides``)."""
+def split_spec(spec: NormalizerSpec) -> tuple[str, dict[str, Any]]:
+    """A :data:`NormalizerSpec` as ``(name or class path, constructor arguments)``."""
     if isinstance(spec, str):
-        return build_normalizer(spec, **overrides)
+        return spec, {}
     if not isinstance(spec, dict):
         raise ValueError(f"a normalizer is a name or a dict, got {type(spec).__name__}: {spec!r}")
     spec = dict(spec)
@@ -77,15 +83,38 @@ def make_normalizer(spec: NormalizerSpec, **overrides: Any) -> Normalizer:
         name, kwargs = spec.pop("class_path"), dict(spec.pop("init_args", None) or {})
         if spec:
             raise ValueError(f"unexpected keys {sorted(spec)} next to class_path in {spec!r}")
-    elif "name" in spec:
-        name, kwargs = spec.pop("name"), spec
-    else:
-        raise ValueError(f"a normalizer dict needs a 'name' or 'class_path' key, got {spec!r}")
+        return name, kwargs
+    if "name" in spec:
+        return spec.pop("name"), spec
+    raise ValueError(f"a normalizer dict needs a 'name' or 'class_path' key, got {spec!r}")
+
+
+def make_normalizer(spec: NormalizerSpec, **overrides: Any) -> Normalizer:
+    """Build a fresh normalizer from a :data:`NormalizerSpec` (plus ``overrides``)."""
+    name, kwargs = split_spec(spec)
     return build_normalizer(name, **kwargs, **overrides)
+
+
+def describe_normalizer(spec: NormalizerSpec) -> dict[str, Any]:
+    """What ``spec`` builds, however it is written: ``{"class": module.Class, <every constructor
+    argument, defaults filled in>}``. ``"multimax"``, ``{"name": "multimax"}`` and
+    ``{"class_path": "mmkit.normalizers.MultiMax", "init_args": {"order": 2}}`` describe alike."""
+    name, kwargs = split_spec(spec)
+    cls = normalizer_class(name)
+    try:
+        bound = inspect.signature(cls).bind(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad arguments for normalizer {name!r}: {err}") from None
+    bound.apply_defaults()
+    arguments = {k: v for k, v in bound.arguments.items()
+                 if bound.signature.parameters[k].kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                                inspect.Parameter.VAR_KEYWORD)}
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", **arguments}
 
 
 __all__ = [
     "NORMALIZERS", "Normalizer", "NormalizerSpec", "build_normalizer", "make_normalizer",
+    "describe_normalizer", "normalizer_class", "split_spec",
     "SoftMax", "SparseMax", "Entmax15", "Entmax", "MultiMax", "EvSoftMax",
     "sparsemax", "entmax15", "entmax_bisect", "seglu",
     "cross_entropy", "fenchel_young_loss", "tsallis_omega",

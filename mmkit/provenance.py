@@ -1,0 +1,191 @@
+"""What a checkpoint is, and whether it is what the config asks for.
+
+A run's **definition** is the part of its config that decides which model its weights belong to:
+
+- ``task``: the LightningModule class (``model.class_path``);
+- ``network``: the network's class path and every init argument; normalizers are compared by
+  what they build (:func:`mmkit.normalizers.describe_normalizer`), so ``multimax`` and
+  ``{class_path: mmkit.normalizers.MultiMax}`` are the same normalizer;
+- ``data``: the DataModule class and the arguments that shape the model's inputs and
+  outputs (:data:`DATA_KEYS`: dataset or corpus, image size, tokenizer kind, vocabulary
+  size, languages). The tokenizer itself is checked by the data module on load.
+
+Everything else may differ between the run that wrote a checkpoint and a run that loads it:
+the trainer (steps, epochs, devices, precision), optimizer and scheduler, the task's own
+arguments (label smoothing, warmup, beam size), batch sizes, data locations, seeds, loggers
+and callbacks.
+
+``mmkit`` writes the definition into every checkpoint: ``checkpoint["mmkit"]`` (with the mmkit
+version and the last validation metrics; :class:`ProvenanceRecord`), and the network spec
+into the task's hyperparameters, so ``Task.load_from_checkpoint(path)`` rebuilds the model.
+:func:`verify_checkpoint` refuses, with one line naming both sides, a checkpoint whose recorded
+definition differs from the config's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from . import __version__
+from .checkpointing import read_checkpoint
+from .normalizers import describe_normalizer
+
+RECORD_KEY = "mmkit"
+DATA_KEYS = ("dataset", "corpus", "img_size", "tokenizer", "vocab_size", "src_lang", "tgt_lang")
+SHOWN = 4  # how many differences a message names
+_UNSET = object()
+
+
+def plain(value: Any) -> Any:
+    """A config value as plain JSON data (jsonargparse namespaces become dicts)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    return json.loads(json.dumps(value, default=str))
+
+
+def data_identity(class_path: str | None, init_args: dict[str, Any]) -> dict[str, Any]:
+    return {"class_path": class_path, **{k: init_args[k] for k in DATA_KEYS if k in init_args}}
+
+
+def definition(config: Namespace) -> dict[str, Any]:
+    """The definition (see the module docstring) of a parsed subcommand config."""
+    model = plain(config.get("model")) or {}
+    data = plain(config.get("data")) or {}
+    return {"task": model.get("class_path"),
+            "network": (model.get("init_args") or {}).get("network"),
+            "data": data_identity(data.get("class_path"), data.get("init_args") or {}) if data else None}
+
+
+def recorded_definition(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The definition a checkpoint records: ``checkpoint["mmkit"]``, or, for a weights-only
+    save, the task's and data module's hyperparameters; ``None`` for a checkpoint that
+    records none (written outside ``mmkit fit``, or by an older mmkit)."""
+    record = ckpt.get(RECORD_KEY)
+    if isinstance(record, dict) and isinstance(record.get("definition"), dict):
+        return record["definition"]
+    hparams = ckpt.get("hyper_parameters") or {}
+    if "network" not in hparams:
+        return None
+    data = ckpt.get("datamodule_hyper_parameters") or {}
+    return {"task": hparams.get("_class_path"), "network": hparams["network"],
+            "data": data_identity(data.get("_class_path"), data) if data else None}
+
+
+def _canonical(value: Any, key: str = "") -> Any:
+    """Normalizer specs as what they build; everything else as it is."""
+    if key.endswith("normalizer") and isinstance(value, (str, dict)):
+        try:
+            return describe_normalizer(value)
+        except ValueError:
+            return value
+    if isinstance(value, dict):
+        return {k: _canonical(v, k) for k, v in value.items()}
+    return value
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys (``init_args`` levels dropped); a described normalizer shows as its class."""
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            if k == "class":
+                out[prefix] = str(v).rpartition(".")[2]
+            elif k == "init_args":
+                _flatten(v, prefix, out)
+            else:
+                _flatten(v, f"{prefix}.{k}" if prefix else k, out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is _UNSET:
+        return "(not set)"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``"<field>: checkpoint <a> vs config <b>"`` for every field of the definition that
+    differs. A section the checkpoint does not record (e.g. data without hyperparameters)
+    is not compared."""
+    out = []
+    for section in ("task", "network", "data"):
+        if recorded.get(section) is None:
+            continue
+        a = _flatten(_canonical(recorded.get(section), section), section, {})
+        b = _flatten(_canonical(wanted.get(section), section), section, {})
+        changed: list[str] = []
+        for key in [*a, *(k for k in b if k not in a)]:
+            left, right = a.get(key, _UNSET), b.get(key, _UNSET)
+            if left != right and not any(key.startswith(f"{p}.") for p in changed):
+                changed.append(key)  # a normalizer's class: its arguments need not be listed
+                out.append(f"{key}: checkpoint {_show(left)} vs config {_show(right)}")
+    return out
+
+
+def few(items: list[str]) -> str:
+    more = f" (+{len(items) - SHOWN} more)" if len(items) > SHOWN else ""
+    return "; ".join(items[:SHOWN]) + more
+
+
+def read_definition(path: str | Path, trust: bool = False) -> dict[str, Any] | None:
+    ckpt = read_checkpoint(path, trust=trust)
+    try:
+        return recorded_definition(ckpt)
+    finally:
+        del ckpt  # drop the memory map
+
+
+def _config_of(path: Path) -> str:
+    saved = path.resolve().parent.parent / "config.yaml"
+    if path.parent.name == "checkpoints" and saved.is_file():
+        return f"rerun with the config it was trained with (-c {saved})"
+    return "rerun with the config it was trained with"
+
+
+def verify_checkpoint(path: str | Path, wanted: dict[str, Any], trust: bool = False) -> None:
+    """Raise one ``ValueError`` when the checkpoint at ``path`` records a definition other
+    than ``wanted``; warn when it records none (it is then checked only by its weights)."""
+    recorded = read_definition(path, trust=trust)
+    if recorded is None:
+        rank_zero_warn(f"checkpoint {path} records no run definition (it was not written by this "
+                       "version of `mmkit fit`): it is checked only by its weights' names and shapes")
+        return
+    found = differences(recorded, wanted)
+    if found:
+        raise ValueError(f"checkpoint {path} was trained as a different model than this config asks for: "
+                         f"{few(found)}; {_config_of(Path(path))}, or pass a checkpoint of this model")
+
+
+def describe_mismatch(path: Path, wanted: dict[str, Any]) -> str | None:
+    """``None`` when ``path`` records ``wanted``; else why not (for listings)."""
+    try:
+        recorded = read_definition(path)
+    except ValueError as err:
+        return str(err).split(";")[0]
+    if recorded is None:
+        return "records no run definition"
+    found = differences(recorded, wanted)
+    return found[0] + (f" (+{len(found) - 1} more)" if len(found) > 1 else "") if found else None
+
+
+class ProvenanceRecord(Callback):
+    """Write ``checkpoint["mmkit"]``: the run's definition, the mmkit version and the last
+    validation metrics, into every full checkpoint (last, best, every-n-steps, SLURM's hpc)."""
+
+    def __init__(self, run_definition: dict[str, Any]) -> None:
+        self.definition = plain(run_definition)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1}
+        checkpoint[RECORD_KEY] = {"version": __version__, "definition": self.definition,
+                                  "val_metrics": metrics}

@@ -1,0 +1,168 @@
+"""Which run a command continues, and the run directory's record of what ran in it.
+
+- :func:`resolve_checkpoint` turns ``--ckpt_path last`` into the newest ``last.ckpt`` of a run
+  whose recorded definition (:mod:`mmkit.provenance`) matches the config, checks an explicit
+  checkpoint and SLURM's ``hpc_ckpt_*.ckpt`` the same way, and pins every logger to the
+  continued run's version.
+- :func:`share_version`: the loggers of a new run (e.g. CSV and TensorBoard) take one version.
+- :class:`RunConfigRecord` keeps a run's record append-only: ``fit`` writes ``config.yaml`` once,
+  a resumed fit adds ``config.resume-<k>.yaml``, and ``validate``/``test``/``predict`` write
+  ``config.<stage>.yaml`` (``config.<stage>-<k>.yaml`` on later calls) beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from .checkpointing import slurm_hpc_checkpoint
+from .provenance import few, describe_mismatch, verify_checkpoint
+
+VERSION_DIR = re.compile(r"^version_(\d+)$")
+
+
+def logger_args(config: Namespace) -> list[Namespace]:
+    """The ``init_args`` of every configured logger that writes under a ``save_dir``."""
+    logger = config.trainer.get("logger")
+    entries = logger if isinstance(logger, list) else [logger]
+    found = []
+    for entry in entries:
+        init = entry.get("init_args") if isinstance(entry, Namespace) else None
+        if isinstance(init, Namespace) and init.get("save_dir") is not None:
+            found.append(init)
+    return found
+
+
+def _root(init: Namespace) -> Path:
+    return Path(init.save_dir) / (init.get("name") or "")
+
+
+def _version_dir(version: Any) -> str:
+    return version if isinstance(version, str) else f"version_{version}"
+
+
+def pin_version(config: Namespace, version: str) -> None:
+    for init in logger_args(config):
+        if "version" in init:
+            init.version = version
+
+
+def share_version(config: Namespace) -> None:
+    """Give the loggers of a new run one version: the first ``version_<n>`` free under all of
+    their directories (each would otherwise count its own directory)."""
+    inits = [init for init in logger_args(config) if "version" in init]
+    if len(inits) < 2 or any(init.version is not None for init in inits):
+        return
+    taken = [int(m.group(1)) for init in inits if _root(init).is_dir()
+             for p in _root(init).iterdir() if (m := VERSION_DIR.match(p.name))]
+    pin_version(config, f"version_{max(taken, default=-1) + 1}")
+
+
+def _candidates(config: Namespace) -> tuple[list[Path], str]:
+    """The ``last.ckpt`` files ``--ckpt_path last`` may mean, newest first, and where they were
+    looked for: ``checkpoint.dirpath``; the pinned version's run; else every run of the first
+    logger's name."""
+    dirpath = (config.get("checkpoint") or {}).get("dirpath")
+    if dirpath:
+        last = Path(dirpath) / "last.ckpt"
+        return ([last] if last.is_file() else []), str(dirpath)
+    inits = logger_args(config)
+    if not inits:
+        return [], "(no logger with a save_dir)"
+    root = _root(inits[0])
+    if inits[0].get("version") is not None:
+        last = root / _version_dir(inits[0].version) / "checkpoints" / "last.ckpt"
+        return ([last] if last.is_file() else []), str(last.parent.parent)
+    found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return found, str(root)
+
+
+def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], fitting: bool, trust: bool) -> None:
+    """Check the checkpoint the command will load against ``wanted`` (the config's definition)
+    before anything is built or written; resolve ``last``. Raises ``ValueError`` (one line)."""
+    ckpt_path = config.get("ckpt_path")
+    hpc = slurm_hpc_checkpoint(config.trainer.get("default_root_dir"))
+    if ckpt_path == "last":
+        _resolve_last(config, wanted, fitting, trust, hpc)
+    elif ckpt_path in (None, "hpc") and hpc is not None and fitting:
+        verify_checkpoint(hpc, wanted, trust)  # Lightning loads it by itself under SLURM
+        config.ckpt_path = str(hpc)
+    elif ckpt_path is not None and os.path.isfile(ckpt_path):
+        verify_checkpoint(ckpt_path, wanted, trust)
+    if config.get("ckpt_path") is None:
+        share_version(config)
+
+
+def _resolve_last(config: Namespace, wanted: dict[str, Any], fitting: bool, trust: bool,
+                  hpc: Path | None) -> None:
+    candidates, where = _candidates(config)
+    found, others = None, []
+    for path in candidates:
+        why = describe_mismatch(path, wanted)
+        if why is None:
+            found = path
+            break
+        others.append(f"{path.parent.parent.name}: {why}")
+    if hpc is not None and (found is None or hpc.stat().st_mtime >= found.stat().st_mtime):
+        verify_checkpoint(hpc, wanted, trust)  # a requeued SLURM job: the newer save wins
+        config.ckpt_path = str(hpc)
+        return
+    if found is not None:
+        config.ckpt_path = str(found)
+        if not (config.get("checkpoint") or {}).get("dirpath"):
+            pin_version(config, found.parent.parent.name)
+        return
+    listing = f": {few(others)}" if others else " (none has a last.ckpt)"
+    if not fitting:
+        raise ValueError(f"--ckpt_path last: no run under {where} was trained with this config{listing}; "
+                         "pass the config of the run you mean, or --ckpt_path <file>")
+    if others:
+        rank_zero_warn(f"--ckpt_path last: no run under {where} was trained with this config{listing}; "
+                       "starting a new run")
+    config.ckpt_path = None
+
+
+class RunConfigRecord(SaveConfigCallback):
+    """LightningCLI's ``SaveConfigCallback`` with an append-only run directory (see the module
+    docstring). A new fit into a directory that already holds another run's checkpoints is
+    refused: two runs would share one directory."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved or not self.save_to_log_dir:
+            return super().setup(trainer, pl_module, stage)
+        log_dir = Path(trainer.log_dir)  # broadcast by Lightning
+        name, refusal = (self._filename(log_dir, stage) if trainer.is_global_zero else (None, None))
+        name, refusal = trainer.strategy.broadcast((name, refusal))
+        if refusal:
+            raise ValueError(refusal)
+        self.config_filename, self.overwrite = name, True
+        super().setup(trainer, pl_module, stage)
+
+    def _filename(self, log_dir: Path, stage: str) -> tuple[str, str | None]:
+        if stage != "fit":
+            return _free(log_dir, f"config.{getattr(stage, 'value', stage)}", "-"), None
+        if not (log_dir / "config.yaml").is_file():
+            return "config.yaml", None
+        if self.config.get("ckpt_path"):
+            return _free(log_dir, "config.resume", "-", first=1), None
+        if any((log_dir / "checkpoints").glob("*.ckpt")):
+            return "", (f"{log_dir} already holds a run with checkpoints; resume it with --ckpt_path last, "
+                        "or start the new run elsewhere (another trainer.logger.init_args.version or name)")
+        return "config.yaml", None  # an earlier start that saved no checkpoint
+
+
+def _free(log_dir: Path, stem: str, sep: str, first: int | None = None) -> str:
+    """``<stem>.yaml`` (or ``<stem><sep><first>.yaml``), else the first free ``<stem><sep><k>.yaml``."""
+    k = first
+    while True:
+        name = f"{stem}.yaml" if k is None else f"{stem}{sep}{k}.yaml"
+        if not (log_dir / name).exists():
+            return name
+        k = 2 if k is None else k + 1
