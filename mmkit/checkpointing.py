@@ -156,7 +156,7 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, A
                 raise
             ckpt = torch.load(path, map_location="cpu", weights_only=not trust)  # legacy (non-zip) format
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
-        if "Weights only load failed" in str(err):
+        if "Weights only load failed" in str(err) and "GLOBAL" in str(err):
             raise ValueError(unsafe_checkpoint_message(path, err)) from None
         reason = " ".join(str(err).split()).split(". ")[0][:120] or type(err).__name__
         raise ValueError(f"{what} ({type(err).__name__}: {reason}); {todo}") from err
@@ -169,7 +169,7 @@ def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, A
 
 def unsafe_checkpoint_message(path: str | os.PathLike, err: BaseException) -> str:
     """Why the safe loader refused ``path``: the Python object it would have had to create."""
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
     what = f" ({found.group(1)})" if found else ""
     return (f"checkpoint {path} holds Python objects{what} that the safe loader refuses to create, so "
             "nothing in it was run; mmkit's own checkpoints never need them. If you trust the file "

@@ -186,11 +186,21 @@ def test_garbage_and_empty_files_are_one_clear_line(tmp_path, capsys, monkeypatc
     fails_with(["test", "--ckpt_path", str(plain)], tmp_path, capsys, "no 'state_dict'")
 
 
+def legacy_copy(ckpt: Path, dest: Path) -> Path:
+    """A copy of ``ckpt`` without the recorded run definition, as older mmkit versions wrote them:
+    only its weights' names and shapes can be checked."""
+    state = torch.load(ckpt, weights_only=True)
+    state.pop("mmkit")
+    state["hyper_parameters"].pop("network")
+    torch.save(state, dest)
+    return dest
+
+
 def test_checkpoint_of_another_normalizer_names_the_keys(run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    old = legacy_copy(run / "checkpoints" / "last.ckpt", run / "checkpoints" / "legacy.ckpt")
     before = snapshot(run)
-    line = fails_with(["test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-                       "--model.network.normalizer=multimax"], tmp_path, capsys,
+    line = fails_with(["test", "--ckpt_path", str(old), "--model.network.normalizer=multimax"], tmp_path, capsys,
                       "does not fit this model", "missing keys", "different normalizer",
                       str(run / "config.yaml"))
     assert "normalizer.ranges" in line or "normalizer.ts" in line
@@ -199,10 +209,21 @@ def test_checkpoint_of_another_normalizer_names_the_keys(run, tmp_path, capsys, 
 
 def test_checkpoint_of_another_size_names_the_shapes(run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    line = fails_with(["fit", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-                       "--model.network.init_args.patch_size=4"], tmp_path, capsys,
+    old = legacy_copy(run / "checkpoints" / "last.ckpt", tmp_path / "legacy.ckpt")
+    line = fails_with(["fit", "--ckpt_path", str(old), "--model.network.init_args.patch_size=4"], tmp_path, capsys,
                       "does not fit this model", "shape mismatch", "different model or config")
     assert " vs " in line
+
+
+def test_a_recorded_definition_is_checked_before_the_weights(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(run)
+    line = fails_with(["fit", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                       "--model.network.init_args.patch_size=4"], tmp_path, capsys,
+                      "was trained as a different model than this config asks for",
+                      "network.patch_size: checkpoint 7 vs config 4", str(run / "config.yaml"))
+    assert "shape" not in line
+    assert snapshot(run) == before
 
 
 def test_a_matching_checkpoint_passes_the_check(run):

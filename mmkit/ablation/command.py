@@ -65,9 +65,12 @@ def build_parser() -> ArgumentParser:
 def parse(argv: list[str]) -> tuple[AblationSpec, Any]:
     cfg = build_parser().parse_args(argv)
     spec = AblationSpec(**{f.name: cfg[f.name] for f in fields(AblationSpec)})
-    if not cfg.progress_bar:
-        spec.args = [*spec.args, "--trainer.enable_progress_bar=false"]
     return spec, cfg
+
+
+def display_args(cfg: Any) -> list[str]:
+    """Cell arguments that change only what is shown, not the cell's definition."""
+    return [] if cfg.progress_bar else ["--trainer.enable_progress_bar=false"]
 
 
 def save_grid(spec: AblationSpec) -> Path:
@@ -92,15 +95,17 @@ def main(argv: list[str]) -> int:
     cells = spec.cells()
     if cfg.cell is not None:  # one cell, in this process (SLURM array tasks, parallel workers)
         cell = find_cell(cells, cfg.cell)
+        spec.conflicts([cell])
         if cell.status()["state"] == "done":
             console.print(f"{cell.id}: already done")
             return 0
         try:
-            run_in_process(cell)
+            run_in_process(cell, display_args(cfg))
         except CellFailed as err:
             console.print(f"[red]{err}[/red]")
             return 1
         return 0
+    spec.conflicts(cells)  # before anything is written: the grid's YAML must describe its table
     grid_yaml = save_grid(spec)
     todo = [c for c in cells if c.status()["state"] != "done" and not is_running_elsewhere(c)]
     busy = [c for c in cells if is_running_elsewhere(c)]
@@ -112,13 +117,15 @@ def main(argv: list[str]) -> int:
         console.print(("would run: " if cfg.dry_run else "submitted: ") + out)
         console.print(f"when the array is done, rerun `mmkit ablate -c {grid_yaml}` for the table and plot")
         return 0
-    failed = run_cells(spec, todo, grid_yaml, console)
-    rows = [c.result() for c in cells if c.status()["state"] == "done"]
-    paths = report.write_reports(spec, [r for r in rows if r])
+    failed = run_cells(spec, todo, grid_yaml, console, display_args(cfg))
+    rows = [r for c in cells if c.status()["state"] == "done" and (r := c.result())]
+    paths = report.write_reports(spec, rows)
     if rows:
         console.print()
         console.print(paths["table"].read_text(), markup=False)
-    console.print(f"results: {paths['csv']}\ntable:   {paths['table']}\nplot:    {paths['plot']}")
+    for label, key in (("results:", "csv"), ("table:  ", "table"), ("plot:   ", "plot")):
+        if key in paths:
+            console.print(f"{label} {paths[key]}")
     for cell in failed:
         status = cell.status()
         where = status.get("log", cell.dir)
@@ -127,7 +134,8 @@ def main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Console) -> list[Cell]:
+def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Console,
+              display: list[str]) -> list[Cell]:
     """Run ``todo``; returns the cells that failed. Ctrl-C stops the grid (exit 130)."""
     failed: list[Cell] = []
     count = {"started": 0}
@@ -161,7 +169,7 @@ def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Co
         for cell in todo:
             on_start(cell, None)
             try:
-                on_end(cell, run_in_process(cell), None)
+                on_end(cell, run_in_process(cell, display), None)
             except CellFailed as err:
                 if interrupted["flag"]:
                     console.print(f"interrupted during {cell.id}; rerun to continue")

@@ -16,6 +16,7 @@ logger and checkpoints redirected into the cell's own directory::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -92,6 +93,22 @@ class AblationSpec:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    def conflicts(self, cells: list[Cell] | None = None) -> None:
+        """Raise one ``ValueError`` when an existing cell (done, or interrupted and resumable)
+        was run with another definition than this grid gives it; nothing is written."""
+        found = []
+        for cell in self.cells() if cells is None else cells:
+            if cell.status()["state"] not in ("done", "running"):
+                continue  # pending or failed: run from scratch anyway
+            change = cell.definition_change()
+            if change:
+                found.append(f"{cell.id} ({change})")
+        if found:
+            more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
+            raise ValueError(f"grid {self.name} in {self.root} already holds cells run with another definition: "
+                             f"{'; '.join(found[:3])}{more}; give this grid a new --name, or delete those "
+                             "cell directories to run them again")
+
 
 @dataclass
 class Cell:
@@ -123,13 +140,53 @@ class Cell:
     def metrics_csv(self) -> Path:
         return self.dir / "run" / "metrics.csv"
 
-    def cli_args(self) -> list[str]:
-        """The arguments after ``mmkit fit`` / ``mmkit test`` for this cell."""
+    def cli_args(self, display: list[str] | tuple[str, ...] = ()) -> list[str]:
+        """The arguments after ``mmkit fit`` / ``mmkit test`` for this cell; ``display``
+        (e.g. the progress bar) comes last and is not part of the cell's definition."""
         logger = {"class_path": "mmkit.loggers.CSVLogger",
                   "init_args": {"save_dir": str(self.dir), "name": "", "version": "run"}}
         return ["-c", self.config, "-c", self.overlay, f"--seed_everything={self.seed}",
                 f"--trainer.logger={json.dumps(logger)}", f"--checkpoint.dirpath={self.ckpt_dir}",
-                "--trainer.enable_model_summary=false", *self.spec.args]
+                f"--trainer.default_root_dir={self.dir}", "--trainer.enable_model_summary=false",
+                *self.spec.args, *display]
+
+    # ---- definition -----------------------------------------------------------------
+    def definition(self) -> dict[str, Any]:
+        """Everything that decides this cell's numbers: the base config and the overlay (file
+        names and SHA-256 of their contents), the seed, the grid's ``args`` and ``test_ckpt``."""
+        return {"config": {"file": Path(self.config).name, "sha256": _sha256(self.config)},
+                "normalizer": {"file": Path(self.overlay).name, "sha256": _sha256(self.overlay)},
+                "seed": self.seed, "args": list(self.spec.args), "test_ckpt": self.spec.test_ckpt}
+
+    def recorded_definition(self) -> dict[str, Any] | None:
+        path = self.dir / "definition.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+
+    def definition_change(self) -> str | None:
+        """How the recorded definition differs from this grid's (``None``: it does not)."""
+        old, new = self.recorded_definition(), self.definition()
+        if old is None:
+            return "no recorded definition: run by an older mmkit"
+        changes = []
+        for key in new:
+            if old.get(key) == new[key]:
+                continue
+            if key == "args":
+                added = [a for a in new[key] if a not in (old.get(key) or [])]
+                dropped = [a for a in (old.get(key) or []) if a not in new[key]]
+                changes.append("args " + ", ".join([*(f"+{a}" for a in added), *(f"-{a}" for a in dropped)]
+                                                   or ["reordered"]))
+            elif key in ("config", "normalizer"):
+                changes.append(f"{key} file {new[key]['file']} changed")
+            else:
+                changes.append(f"{key} {old.get(key)!r} -> {new[key]!r}")
+        return ", ".join(changes) or None
+
+    def record_definition(self) -> None:
+        write_json_atomic(self.dir / "definition.json", self.definition())
 
     # ---- status -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -148,6 +205,10 @@ class Cell:
     def result(self) -> dict[str, Any] | None:
         path = self.dir / "result.json"
         return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

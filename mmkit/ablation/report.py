@@ -150,11 +150,16 @@ def plot(spec: AblationSpec, rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_reports(spec: AblationSpec, rows: list[dict[str, Any]]) -> dict[str, Path]:
-    """Write the CSV, the Markdown table and the plot; returns their paths."""
+    """Write the CSV and, when there are rows, the Markdown table and the plot (else any old
+    table and plot are removed: they would describe cells no longer in the grid's results).
+    Returns the paths written."""
     paths = {"csv": spec.root / "results.csv", "table": spec.root / "results.md",
              "plot": spec.root / "results.png"}
     write_csv(rows, paths["csv"])
-    if rows:
-        write_text_atomic(paths["table"], summary_table(spec, rows) + "\n")
-        plot(spec, rows, paths["plot"])
+    if not rows:
+        for key in ("table", "plot"):
+            paths.pop(key).unlink(missing_ok=True)
+        return paths
+    write_text_atomic(paths["table"], summary_table(spec, rows) + "\n")
+    plot(spec, rows, paths["plot"])
     return paths

@@ -5,7 +5,10 @@ Every cell goes through :class:`mmkit.cli.MMKitCLI`, exactly as ``mmkit fit`` an
 ``result.json`` (both written atomically), so a rerun skips finished cells and
 retries failed or interrupted ones, and one failing cell never costs another's
 results. An interrupted cell resumes from its ``last.ckpt`` when there is one; a
-failed one starts again from scratch (its old directory is removed).
+failed one starts again from scratch (its old files are removed).
+
+A cell's metrics are what ``trainer.test()`` returned, and the validation metrics its
+``last.ckpt`` records (:mod:`mmkit.provenance`), so any logger, or several, may be used.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
-import torch
-
+from ..checkpointing import read_checkpoint
+from ..provenance import RECORD_KEY
 from .grid import Cell, write_json_atomic
+
+KEEP_ON_RETRY = ("log.txt",)  # a parallel cell's log, which the parent process holds open
 
 
 def _pid_alive(pid: int) -> bool:
@@ -45,31 +50,56 @@ def is_running_elsewhere(cell: Cell) -> bool:
             and status.get("pid") not in (None, os.getpid()) and _pid_alive(status["pid"]))
 
 
+def resume_checkpoint(cell: Cell) -> Path | None:
+    """The newer of the cell's ``last.ckpt`` and a ``hpc_ckpt_*.ckpt`` SLURM saved in the cell."""
+    found = [p for p in (cell.ckpt_dir / "last.ckpt", *cell.dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def prepare(cell: Cell) -> str:
     """Get ``cell`` ready to (re)run; returns how: ``fresh``, ``resume`` or ``retry``."""
     state = cell.status()["state"]
-    if state == "failed":
-        shutil.rmtree(cell.dir, ignore_errors=True)
-        return "retry"
-    if state == "running" and (cell.ckpt_dir / "last.ckpt").is_file():
+    if state == "running" and resume_checkpoint(cell) is not None:
         return "resume"
-    if state == "running":
+    if state in ("failed", "running"):
+        _clear(cell.dir)
         return "retry"
     return "fresh"
+
+
+def _clear(folder: Path) -> None:
+    """Remove what a previous attempt left in ``folder`` (its log excepted)."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if entry.name in KEEP_ON_RETRY:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _last_record(cell: Cell) -> dict[str, Any]:
+    last = cell.ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(f"fit of {cell.id} left no {last}")
+    ckpt = read_checkpoint(last)
+    try:
+        record = ckpt.get(RECORD_KEY) or {}
+        best = next((value.get("best_model_path") for key, value in (ckpt.get("callbacks") or {}).items()
+                     if "ModelCheckpoint" in str(key) and isinstance(value, dict)), None)
+        return {"val_metrics": dict(record.get("val_metrics") or {}), "best": best}
+    finally:
+        del ckpt
 
 
 def test_checkpoint(cell: Cell) -> Path:
     """The checkpoint to test: the monitored best (recorded in ``last.ckpt``) or last."""
     last = cell.ckpt_dir / "last.ckpt"
-    if not last.is_file():
-        raise FileNotFoundError(f"fit of {cell.id} left no {last}")
-    if cell.spec.test_ckpt == "last":
-        return last
-    state = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-    for key, value in state.get("callbacks", {}).items():
-        best = value.get("best_model_path") if "ModelCheckpoint" in str(key) else None
-        if best and Path(best).is_file():
-            return Path(best)
+    best = _last_record(cell)["best"]
+    if cell.spec.test_ckpt == "best" and best and Path(best).is_file():
+        return Path(best)
     return last
 
 
@@ -90,20 +120,24 @@ def read_metrics(path: Path) -> tuple[dict[str, float], list[dict[str, str]]]:
     return last, rows
 
 
-def run_in_process(cell: Cell) -> dict[str, Any]:
+def run_in_process(cell: Cell, display: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """``mmkit fit`` then ``mmkit test`` for ``cell`` in this process; returns its result."""
     from ..cli import MMKitCLI  # the CLI sits above the ablation runner
 
     how = prepare(cell)
+    cell.record_definition()
     cell.set_status("running", pid=os.getpid(), host=socket.gethostname(), how=how,
                     started=time.strftime("%Y-%m-%d %H:%M:%S"))
     start = time.perf_counter()
     argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI gets its args from us, not from `mmkit ablate`
     try:
-        resume = cell.ckpt_dir / "last.ckpt"
-        MMKitCLI(args=["fit", *cell.cli_args(), *([f"--ckpt_path={resume}"] if how == "resume" else [])])
+        resume = resume_checkpoint(cell) if how == "resume" else None
+        MMKitCLI(args=["fit", *cell.cli_args(display), *([f"--ckpt_path={resume}"] if resume else [])])
         ckpt = test_checkpoint(cell)
-        MMKitCLI(args=["test", *cell.cli_args(), f"--ckpt_path={ckpt}"])
+        tested = MMKitCLI(args=["test", *cell.cli_args(display), f"--ckpt_path={ckpt}"])
+        test_metrics = {k: float(v) for output in tested.results or [] for k, v in output.items()
+                        if k.startswith("test/")}
+        val_metrics = _last_record(cell)["val_metrics"]
     except (Exception, SystemExit) as err:
         message = " ".join(str(err).split()) or type(err).__name__
         (cell.dir / "error.txt").write_text(traceback.format_exc())
@@ -112,15 +146,13 @@ def run_in_process(cell: Cell) -> dict[str, Any]:
         raise CellFailed(cell, message) from err
     finally:
         sys.argv = argv
-    return finish(cell, time.perf_counter() - start, ckpt)
+    return finish(cell, time.perf_counter() - start, ckpt, {**val_metrics, **test_metrics})
 
 
-def finish(cell: Cell, wall_s: float, ckpt: Path) -> dict[str, Any]:
-    last, _ = read_metrics(cell.metrics_csv)
-    metrics = {k: v for k, v in last.items() if k.startswith(("test/", "val/"))}
+def finish(cell: Cell, wall_s: float, ckpt: Path, metrics: dict[str, float]) -> dict[str, Any]:
     if not any(k.startswith("test/") for k in metrics):
-        cell.set_status("failed", error=f"no test metrics in {cell.metrics_csv}")
-        raise CellFailed(cell, f"no test metrics in {cell.metrics_csv}")
+        cell.set_status("failed", error="the test returned no test/ metrics")
+        raise CellFailed(cell, "the test returned no test/ metrics")
     result = {"id": cell.id, "config": cell.config, "normalizer": cell.normalizer, "seed": cell.seed,
               **metrics, "wall_s": round(wall_s, 1), "ckpt": str(ckpt)}
     write_json_atomic(cell.dir / "result.json", result)

@@ -28,6 +28,8 @@ def array_script(spec: AblationSpec, grid_yaml: Path, todo: list[int], sbatch: l
              f"#SBATCH --array={array}",
              f"#SBATCH --output={root}/slurm/%A_%a.out",
              "#SBATCH --signal=SIGUSR1@90",
+             "#SBATCH --requeue",
+             "#SBATCH --open-mode=append",
              *[f"#SBATCH {option}" for option in sbatch],
              "set -euo pipefail",
              f"cd {shlex.quote(str(Path.cwd()))}",
