@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmkit.ablation import AblationSpec
 from mmkit.ablation.report import summary_table
@@ -169,3 +171,98 @@ def test_parallel_jobs_run_cells_in_child_processes(tmp_path, capsys):
     assert len(pids) == 2 and os.getpid() not in pids  # each cell ran in its own child process
     assert len(read_rows(tmp_path / "out" / "tiny" / "results.csv")) == 2
     assert "[2/2]" in capsys.readouterr().out
+
+
+def test_a_rerun_with_another_definition_never_reports_the_old_cells(tmp_path, capsys):
+    cfg = grid_yaml(tmp_path, ["softmax"], [0])
+    assert main(["ablate", "-c", str(cfg)]) == 0
+    root = tmp_path / "out" / "tiny"
+    kept = {p: p.read_bytes() for p in (root / "ablation.yaml", root / "results.csv", root / "results.md")}
+    capsys.readouterr()
+    changed = "--args+=[--model.init_args.optimizer.init_args.lr=0.5]"
+    assert main(["ablate", "-c", str(cfg), changed]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds cells run with another definition" in err[0], err
+    assert "mnist-softmax-s0 (args +--model.init_args.optimizer.init_args.lr=0.5)" in err[0]
+    assert {p: p.read_bytes() for p in kept} == kept  # the grid's YAML still describes its table
+    # An edited base config changes the definition too, and so does an edited overlay.
+    base = tmp_path / "mnist.yaml"
+    base.write_text((REPO / "configs/vit/mnist.yaml").read_text())
+    spec = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({**spec, "configs": [str(base)]}))
+    assert main(["ablate", "-c", str(cfg)]) == 0  # same name, same content: the finished cell counts
+    assert "1 done" in capsys.readouterr().out
+    base.write_text(base.read_text() + "\n# lr sweep\n")
+    assert main(["ablate", "-c", str(cfg)]) == 2
+    assert "config file mnist.yaml changed" in capsys.readouterr().err
+    # Under a new name the changed grid runs beside the old one.
+    assert main(["ablate", "-c", str(cfg), "--name=tiny_lr", changed]) == 0
+    assert len(read_rows(tmp_path / "out" / "tiny_lr" / "results.csv")) == 1
+
+
+def test_a_tensorboard_logged_grid_reports_from_the_test_results(tmp_path, capsys):
+    tb = json.dumps({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                     "init_args": {"save_dir": str(tmp_path / "tb")}})
+    cfg = grid_yaml(tmp_path, ["softmax", "multimax"], [0], args=[*TINY, f"--trainer.logger={tb}"])
+    assert main(["ablate", "-c", str(cfg)]) == 0
+    root = tmp_path / "out" / "tiny"
+    rows = read_rows(root / "results.csv")
+    assert sorted(r["normalizer"] for r in rows) == ["multimax", "softmax"]
+    for row in rows:
+        assert 0.0 <= float(row["test/acc1"]) <= 1.0 and float(row["val/loss"]) > 0
+    assert not list(root.rglob("metrics.csv"))  # no CSV log: the numbers came from trainer.test()
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    out = capsys.readouterr().out
+    assert "| softmax |" in out and f"plot:    {root / 'results.png'}" in out
+
+
+def test_failed_grid_prints_no_table_or_plot_path(tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("model:\n  init_args:\n    network:\n      init_args:\n"
+                   "        normalizer: {name: multimax, order: 0}\n")
+    assert main(["ablate", "-c", str(grid_yaml(tmp_path, [str(bad)], [0]))]) == 1
+    out = capsys.readouterr().out
+    assert "results:" in out and "table:" not in out and "plot:" not in out
+    assert not (tmp_path / "out" / "tiny" / "results.md").exists()
+
+
+SLURM_ENV = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "mmkit-grid",
+             "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
+
+def test_slurm_cells_never_resume_from_another_cells_hpc_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the array's launch directory
+    cfg = grid_yaml(tmp_path, ["softmax", "sparsemax"], [0])
+    assert main(["ablate", "-c", str(cfg), "--cell=0"]) == 0
+    cells = tmp_path / "out" / "tiny" / "cells"
+    softmax_last = cells / "mnist-softmax-s0" / "checkpoints" / "last.ckpt"
+    # What Lightning saves on SIGUSR1 into the trainer's default_root_dir: once the launch directory
+    # shared by every array task, now each cell's own directory.
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(softmax_last.read_bytes())
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert main(["ablate", "-c", str(cfg), "--cell=1"]) == 0
+    sparse = cells / "mnist-sparsemax-s0"
+    with open(sparse / "run" / "metrics.csv") as f:
+        trained = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    assert len(trained) == 2  # trained from scratch, not restored from the softmax cell's state
+    record = torch.load(sparse / "checkpoints" / "last.ckpt", weights_only=True)["mmkit"]["definition"]
+    assert record["network"]["init_args"]["normalizer"] == "sparsemax"
+
+    # A softmax hpc checkpoint inside the sparsemax cell (copied by hand, say) is refused, not loaded.
+    shutil.rmtree(sparse)
+    sparse.mkdir()
+    (sparse / "hpc_ckpt_1.ckpt").write_bytes(softmax_last.read_bytes())
+    capsys.readouterr()
+    assert main(["ablate", "-c", str(cfg), "--cell=1"]) == 1
+    status = json.loads((sparse / "status.json").read_text())
+    assert status["state"] == "failed"
+    assert "network.normalizer: checkpoint SoftMax vs config SparseMax" in status["error"]
+
+
+def test_slurm_array_requeues_and_appends_its_output(tmp_path):
+    cfg = grid_yaml(tmp_path, ["softmax"], [0])
+    assert main(["ablate", "-c", str(cfg), "--slurm=true", "--dry_run=true"]) == 0
+    text = (tmp_path / "out" / "tiny" / "slurm" / "array.sbatch").read_text()
+    assert "#SBATCH --requeue" in text and "#SBATCH --open-mode=append" in text
+    assert "--progress_bar false" in text

@@ -84,6 +84,29 @@ def parallel_dir(tmp: Path, **override: str | bytes) -> Path:
     return tmp / "par"
 
 
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def pickled_code(tmp: Path) -> Path:
+    return fake_checkpoint(tmp / "evil.ckpt", payload=_Payload(tmp / "PAYLOAD_RAN"))
+
+
+def recorded_as(tmp: Path, *overrides: str) -> Path:
+    """A checkpoint that records the definition of ``vit(tmp)`` with ``overrides``."""
+    from mmkit.cli import MMKitCLI
+    from mmkit.provenance import definition
+
+    cli = MMKitCLI(args=[*vit(tmp)[1:], *overrides], run=False)
+    return fake_checkpoint(tmp / "other.ckpt", mmkit={"definition": definition(cli.config)})
+
+
 def fake_checkpoint(path: Path, **extra) -> Path:
     torch.save({"state_dict": {"network.head.weight": torch.randn(3, 4)}, "epoch": 0,
                 "global_step": 1, **extra}, path)
@@ -209,6 +232,22 @@ CASES: dict[str, Case] = {
                              ("unreadable", "truncated or corrupt")),
     "checkpoint-of-another-model": (lambda t: [*vit(t), f"--ckpt_path={fake_checkpoint(t / 'other.ckpt')}"],
                                     ("does not fit this model", "missing keys", "shape mismatch")),
+    "checkpoint-of-another-normalizer": (
+        lambda t: ["test", *vit(t)[1:], f"--ckpt_path={recorded_as(t, '--model.network.normalizer=sparsemax')}"],
+        ("other.ckpt was trained as a different model than this config asks for",
+         "network.normalizer: checkpoint SparseMax vs config SoftMax")),
+    "checkpoint-of-another-task-data": (
+        lambda t: [*vit(t), f"--ckpt_path={recorded_as(t, '--data.init_args.img_size=32')}"],
+        ("data.img_size: checkpoint 32 vs config null",)),
+    "pickled-code-in-checkpoint": (lambda t: ["test", *vit(t)[1:], f"--ckpt_path={pickled_code(t)}"],
+                                   ("evil.ckpt holds Python objects (posix.system)", "nothing in it was run",
+                                    "--weights_only false")),
+    "pickled-code-under-weights-only": (
+        lambda t: [*vit(t), "--weights_only=true", f"--ckpt_path={pickled_code(t)}"],
+        ("holds Python objects (posix.system) that the safe loader refuses",)),
+    "test-last-without-a-matching-run": (lambda t: ["test", *vit(t)[1:], "--ckpt_path=last"],
+                                         ("--ckpt_path last: no run under", "was trained with this config",
+                                          "version_0: checkpoint", "is unreadable")),
     # --- output directory not writable -------------------------------------------------------
     "log-dir-below-a-file": (
         lambda t: [*vit(t), f"--trainer.logger.init_args.save_dir={under_a_file(t, 'logs')}"],

@@ -66,8 +66,13 @@ def test_tokenizer_is_saved_reused_on_resume_and_predict_generates(tmp_path):
 def test_a_mismatched_tokenizer_is_a_clear_error(tmp_path, capsys):
     first = MMKitCLI(args=["fit", "-c", KJV, *tiny(tmp_path)])
     ckpt = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    # Another vocabulary size is another model: refused before anything is built.
     args = ["test", "-c", KJV, *tiny(tmp_path), "--data.init_args.vocab_size=280",
             "--ckpt_path", str(ckpt)]
+    assert main(args) == 2
+    assert "data.vocab_size: checkpoint 300 vs config 280" in capsys.readouterr().err
+    # The same size trained on other text is another tokenizer: refused when the checkpoint loads.
+    args = ["test", "-c", KJV, *tiny(tmp_path), "--data.init_args.max_chars=20000", "--ckpt_path", str(ckpt)]
     assert main(args) == 2
     assert "trained with a different tokenizer" in capsys.readouterr().err
 

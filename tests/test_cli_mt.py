@@ -74,3 +74,16 @@ def test_mismatched_files_exit_with_one_line(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.de has 2 lines" in err[0] and "train.en has 1" in err[0]
+
+
+def test_a_checkpoint_is_refused_with_another_tokenizer(tmp_path, capsys):
+    fit = MMKitCLI(args=["fit", "-c", NUMBERS, *tiny(tmp_path, steps=1)])
+    ckpt = Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    same = MMKitCLI(args=["test", "-c", NUMBERS, *tiny(tmp_path), f"--ckpt_path={ckpt}"])
+    assert "test/bleu" in same.trainer.callback_metrics  # a new run directory, the same tokenizer
+    # Other training sentences give another BPE: the same ids would mean other words.
+    other = [*tiny(tmp_path), "--data.init_args.max_number=900", f"--ckpt_path={ckpt}"]
+    capsys.readouterr()
+    assert main(["test", "-c", NUMBERS, *other]) == 2
+    err = capsys.readouterr().err
+    assert "the checkpoint was trained with a different tokenizer than this run's" in err

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from .corpora import Corpus, load_corpus
 from .sharding import RNGNeutralLoader
-from .tokenizer import TokenizerKind, encode, load_tokenizer, run_tokenizer, train_tokenizer
+from .tokenizer import TokenizerKind, TokenizerState, encode, load_tokenizer, run_tokenizer, train_tokenizer
 
 
 class StreamWindows(IterableDataset):
@@ -55,7 +55,7 @@ class StreamWindows(IterableDataset):
             yield self.streams[:, start:end], self.streams[:, start + 1:end + 1]
 
 
-class TextDataModule(LightningDataModule):
+class TextDataModule(TokenizerState, LightningDataModule):
     """Token streams for :class:`~mmkit.tasks.LanguageModeling`.
 
     Args:
@@ -176,12 +176,3 @@ class TextDataModule(LightningDataModule):
             raise ValueError("prompts must not be empty strings")
         encoded = [torch.tensor([self.tokenizer.encode(p).ids]) for p in prompts]  # each [1, T0]
         return DataLoader(encoded, batch_size=None)
-
-    def state_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.to_str() if self.tokenizer else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        saved = state.get("tokenizer")
-        if saved and self.tokenizer is not None and saved != self.tokenizer.to_str():
-            raise ValueError("the checkpoint was trained with a different tokenizer than this "
-                             "run's; pass the run's tokenizer.json as data.tokenizer_path")

@@ -80,3 +80,21 @@ def run_tokenizer(trainer: Any, train: Callable[[], Tokenizer], path: str | None
         saved.parent.mkdir(parents=True, exist_ok=True)
         tok.save(str(saved))
     return tok
+
+
+class TokenizerState:
+    """A DataModule mixin: checkpoints carry the tokenizer (``self.tokenizer``), and loading a
+    checkpoint whose tokenizer differs from this run's is refused (token ids would mean
+    other words)."""
+
+    tokenizer: Tokenizer | None
+    tokenizer_hint = "pass the run's tokenizer.json as data.tokenizer_path"
+
+    def state_dict(self) -> dict:
+        return {"tokenizer": self.tokenizer.to_str() if self.tokenizer else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("tokenizer")
+        if saved and self.tokenizer is not None and saved != self.tokenizer.to_str():
+            raise ValueError("the checkpoint was trained with a different tokenizer than this "
+                             f"run's; {self.tokenizer_hint}")

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from .sharding import RNGNeutralLoader, ShardSampler, rank_and_world, train_sampler
-from .tokenizer import run_tokenizer, train_tokenizer
+from .tokenizer import TokenizerState, run_tokenizer, train_tokenizer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3 = the model's pad/bos/eos defaults
 SPLITS = ("train", "valid", "test")
@@ -80,7 +80,7 @@ def _lines(path: Path) -> list[str]:
                          "to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
-class TranslationDataModule(LightningDataModule):
+class TranslationDataModule(TokenizerState, LightningDataModule):
     """Token batches for :class:`~mmkit.tasks.Translation`.
 
     Args:
@@ -94,7 +94,12 @@ class TranslationDataModule(LightningDataModule):
         max_tokens_per_sentence: longest training sentence kept / source read at eval.
         num_train, num_valid, num_test, max_number, seed: the ``numbers`` corpus.
         predict_file: text file that ``mmkit predict`` translates, one line per line.
+
+    Checkpoints carry the tokenizer; one trained with another is refused on load.
     """
+
+    tokenizer_hint = ("use the data settings it was trained with, or its run directory "
+                      "(`--ckpt_path last` reuses the run's tokenizer.json)")
 
     def __init__(self, corpus: Literal["numbers", "parallel"] = "numbers", root: str | None = None,
                  src_lang: str = "en", tgt_lang: str = "de", vocab_size: int = 1000,
