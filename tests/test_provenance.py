@@ -138,3 +138,43 @@ def test_two_loggers_share_one_version_and_resume_together(tmp_path):
     with open(Path(second.trainer.log_dir) / "metrics.csv") as f:
         losses = [r for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 5  # one run of 5 steps, continued in its own directory
+
+
+def test_weights_only_checkpoints_are_checked_from_their_hyperparameters(tmp_path, capsys):
+    fit = MMKitCLI(args=["fit", *args(tmp_path, "--checkpoint.save_weights_only=true")])
+    last = Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    assert "mmkit" not in torch.load(last, weights_only=True)  # callbacks do not see weights-only saves
+    assert main(["test", *args(tmp_path, normalizer="entmax15"), f"--ckpt_path={last}"]) == 2
+    assert "network.normalizer: checkpoint SoftMax vs config Entmax15" in capsys.readouterr().err
+    tested = MMKitCLI(args=["test", *args(tmp_path), f"--ckpt_path={last}"])
+    assert "test/acc1" in tested.trainer.callback_metrics
+
+
+def test_fit_last_without_a_matching_run_says_so_and_starts_a_new_one(tmp_path):
+    MMKitCLI(args=["fit", *args(tmp_path)])
+    with pytest.warns(UserWarning, match="no run under .* was trained with this config: version_0: "
+                                         "network.normalizer: checkpoint SoftMax vs config MultiMax"):
+        other = MMKitCLI(args=["fit", *args(tmp_path, normalizer="multimax"), "--ckpt_path=last"])
+    assert Path(other.trainer.log_dir).name == "version_1" and other.trainer.global_step == 3
+
+
+SLURM_ENV = {"SLURM_JOB_ID": "91", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "mmkit-test",
+             "SLURM_NODELIST": "localhost", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
+
+def test_an_hpc_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch, capsys):
+    fit = MMKitCLI(args=["fit", *args(tmp_path)])
+    root = tmp_path / "slurm_job"
+    root.mkdir()
+    (root / "hpc_ckpt_1.ckpt").write_bytes((Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt").read_bytes())
+    for key, value in SLURM_ENV.items():
+        monkeypatch.setenv(key, value)
+    job = args(tmp_path, f"--trainer.default_root_dir={root}", "--trainer.logger.init_args.name=job",
+               normalizer="sparsemax")
+    for ckpt in ([], ["--ckpt_path=last"]):  # Lightning would load it by itself; `last` prefers it
+        capsys.readouterr()
+        assert main(["fit", *job, *ckpt]) == 2
+        err = capsys.readouterr().err
+        assert "hpc_ckpt_1.ckpt was trained as a different model" in err
+        assert "network.normalizer: checkpoint SoftMax vs config SparseMax" in err
+    assert not (tmp_path / "job").exists()  # nothing written

@@ -115,16 +115,20 @@ def slurm_env(monkeypatch) -> None:
 def test_ckpt_path_last_takes_the_newer_of_hpc_and_last(newer, tmp_path, monkeypatch):
     from jsonargparse import Namespace
 
-    from mmkit.cli import resume_latest_or_hpc
+    from mmkit.runs import resolve_checkpoint
 
     slurm_env(monkeypatch)
-    last = tmp_path / "runs" / "n" / "version_7" / "checkpoints" / "last.ckpt"
+    wanted = {"task": "T", "network": {"class_path": "N", "init_args": {"depth": 2}}, "data": None}
+    run = tmp_path / "runs" / "n" / f"version_{JOB_ID}"  # this job's run: its logger version is pinned
+    last = run / "checkpoints" / "last.ckpt"
     hpc = tmp_path / "root" / "hpc_ckpt_2.ckpt"
-    for path in (last, hpc, tmp_path / "root" / "hpc_ckpt_1.ckpt"):
+    other_job = tmp_path / "runs" / "n" / "version_7" / "checkpoints" / "last.ckpt"
+    for path in (last, hpc, tmp_path / "root" / "hpc_ckpt_1.ckpt", other_job):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(os.urandom(16))
+        torch.save({"state_dict": {}, "mmkit": {"definition": wanted}}, path)
     old, new = (last, hpc) if newer == "hpc" else (hpc, last)
     os.utime(old, (time.time() - 100, time.time() - 100))
+    os.utime(other_job, (time.time() + 100, time.time() + 100))  # newest, but another job's run
 
     def config() -> Namespace:
         init = Namespace(save_dir=str(tmp_path / "runs"), name="n", version=int(JOB_ID))
@@ -133,10 +137,10 @@ def test_ckpt_path_last_takes_the_newer_of_hpc_and_last(newer, tmp_path, monkeyp
                                            logger=Namespace(class_path="x", init_args=init)))
 
     got = config()
-    resume_latest_or_hpc(got)
+    resolve_checkpoint(got, wanted, fitting=True, trust=False)
     assert got.ckpt_path == str(new)
-    assert got.trainer.logger.init_args.version == (int(JOB_ID) if newer == "hpc" else "version_7")
+    assert str(got.trainer.logger.init_args.version) in (JOB_ID, f"version_{JOB_ID}")
     monkeypatch.delenv("SLURM_NTASKS")  # not under SLURM: hpc checkpoints are ignored
     got = config()
-    resume_latest_or_hpc(got)
+    resolve_checkpoint(got, wanted, fitting=True, trust=False)
     assert got.ckpt_path == str(last)
