@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from mmkit.cli import MMKitCLI, main
-from mmkit.provenance import differences
 from mmkit.tasks import ImageClassification
 
 from .conftest import quiet_trainer_args
@@ -109,6 +108,8 @@ def test_checkpoint_records_its_definition_and_loads_by_itself(tmp_path):
 
 
 def test_equivalent_spellings_of_a_normalizer_are_one_definition():
+    from mmkit.provenance import differences
+
     base = {"task": "T", "network": {"class_path": "N", "init_args": {"depth": 2, "normalizer": "multimax"}}}
     same = {"task": "T", "network": {"class_path": "N", "init_args": {
         "depth": 2, "normalizer": {"class_path": "mmkit.normalizers.MultiMax", "init_args": {"order": 2}}}}}
