@@ -179,3 +179,18 @@ def test_an_hpc_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch, c
         assert "hpc_ckpt_1.ckpt was trained as a different model" in err
         assert "network.normalizer: checkpoint SoftMax vs config SparseMax" in err
     assert not (tmp_path / "job").exists()  # nothing written
+
+
+@pytest.mark.parametrize("task", ["lm", "mt"])
+def test_language_model_and_translator_load_from_their_checkpoints(task, tmp_path):
+    from mmkit.tasks import LanguageModeling, Translation
+
+    from . import test_cli_lm, test_cli_mt
+
+    config, tiny, cls = {"lm": (test_cli_lm.KJV, test_cli_lm.tiny, LanguageModeling),
+                         "mt": (test_cli_mt.NUMBERS, test_cli_mt.tiny, Translation)}[task]
+    fit = MMKitCLI(args=["fit", "-c", config, *tiny(tmp_path, steps=1)])
+    model = cls.load_from_checkpoint(Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    assert type(model.network) is type(fit.model.network)
+    trained = fit.model.state_dict()
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
