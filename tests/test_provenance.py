@@ -194,3 +194,19 @@ def test_language_model_and_translator_load_from_their_checkpoints(task, tmp_pat
     assert type(model.network) is type(fit.model.network)
     trained = fit.model.state_dict()
     assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+
+
+class Trusted:
+    """A harmless object that the safe loader cannot create (an old checkpoint's extra)."""
+
+
+def test_a_checkpoint_with_other_objects_loads_only_when_trusted(tmp_path, capsys):
+    fit = MMKitCLI(args=["fit", *args(tmp_path)])
+    ckpt = torch.load(Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    old = tmp_path / "old.ckpt"
+    torch.save({**ckpt, "extra": Trusted()}, old)
+    assert main(["test", *args(tmp_path), f"--ckpt_path={old}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds Python objects (tests.test_provenance.Trusted)" in err and "--weights_only false" in err
+    tested = MMKitCLI(args=["test", *args(tmp_path), f"--ckpt_path={old}", "--weights_only=false"])
+    assert "test/acc1" in tested.trainer.callback_metrics
