@@ -102,6 +102,10 @@ def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], fitting: bool,
 
 def _resolve_last(config: Namespace, wanted: dict[str, Any], fitting: bool, trust: bool,
                   hpc: Path | None) -> None:
+    """``last``: the newest matching candidate, or the newer SLURM hpc checkpoint. Without
+    one, ``fit`` starts a new run (with a warning when other runs are there), unless it would
+    share an explicit ``checkpoint.dirpath`` with another run's checkpoints."""
+    dirpath = (config.get("checkpoint") or {}).get("dirpath")
     candidates, where = _candidates(config)
     found, others = None, []
     for path in candidates:
@@ -109,20 +113,23 @@ def _resolve_last(config: Namespace, wanted: dict[str, Any], fitting: bool, trus
         if why is None:
             found = path
             break
-        others.append(f"{path.parent.parent.name}: {why}")
+        others.append(f"{path if dirpath else path.parent.parent.name}: {why}")
     if hpc is not None and (found is None or hpc.stat().st_mtime >= found.stat().st_mtime):
         verify_checkpoint(hpc, wanted, trust)  # a requeued SLURM job: the newer save wins
         config.ckpt_path = str(hpc)
         return
     if found is not None:
         config.ckpt_path = str(found)
-        if not (config.get("checkpoint") or {}).get("dirpath"):
+        if not dirpath:
             pin_version(config, found.parent.parent.name)
         return
     listing = f": {few(others)}" if others else " (none has a last.ckpt)"
     if not fitting:
         raise ValueError(f"--ckpt_path last: no run under {where} was trained with this config{listing}; "
                          "pass the config of the run you mean, or --ckpt_path <file>")
+    if others and dirpath:
+        raise ValueError(f"--ckpt_path last: checkpoint.dirpath {dirpath} holds another run's checkpoints"
+                         f"{listing}; a new run there would overwrite them: choose another checkpoint.dirpath")
     if others:
         rank_zero_warn(f"--ckpt_path last: no run under {where} was trained with this config{listing}; "
                        "starting a new run")

@@ -210,3 +210,15 @@ def test_a_checkpoint_with_other_objects_loads_only_when_trusted(tmp_path, capsy
     assert "holds Python objects (tests.test_provenance.Trusted)" in err and "--weights_only false" in err
     tested = MMKitCLI(args=["test", *args(tmp_path), f"--ckpt_path={old}", "--weights_only=false"])
     assert "test/acc1" in tested.trainer.callback_metrics
+
+
+def test_last_in_an_explicit_checkpoint_dir_of_another_run_is_refused(tmp_path, capsys):
+    ckpts = f"--checkpoint.dirpath={tmp_path / 'ckpts'}"
+    MMKitCLI(args=["fit", *args(tmp_path, ckpts)])
+    before = (tmp_path / "ckpts" / "last.ckpt").read_bytes()
+    assert main(["fit", *args(tmp_path, ckpts, normalizer="sparsemax"), "--ckpt_path=last"]) == 2
+    err = capsys.readouterr().err
+    assert "holds another run's checkpoints" in err and "checkpoint SoftMax vs config SparseMax" in err
+    assert (tmp_path / "ckpts" / "last.ckpt").read_bytes() == before
+    resumed = MMKitCLI(args=["fit", *args(tmp_path, ckpts, steps=4), "--ckpt_path=last"])
+    assert resumed.trainer.global_step == 4
