@@ -122,7 +122,8 @@ class MMKitCLI(LightningCLI):
         the newest run of this config in place (or, in a requeued SLURM job, from its newer
         ``hpc_ckpt_*.ckpt``)."""
         config = self.config.get(self.subcommand) if self.subcommand else None
-        if config is None:
+        if config is None:  # run=False: no checkpoint to check; the checkpoints still get a record
+            self.definition = definition(self.config)
             return
         for option in OUTPUT_OPTIONS:  # fail before anything is written
             try:

@@ -69,7 +69,8 @@ def recorded_definition(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     records none (written outside ``mmkit fit``, or by an older mmkit)."""
     record = ckpt.get(RECORD_KEY)
     if isinstance(record, dict) and isinstance(record.get("definition"), dict):
-        return record["definition"]
+        found = record["definition"]
+        return found if found.get("task") or found.get("network") else None
     hparams = ckpt.get("hyper_parameters") or {}
     if "network" not in hparams:
         return None

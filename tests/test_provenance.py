@@ -222,3 +222,11 @@ def test_last_in_an_explicit_checkpoint_dir_of_another_run_is_refused(tmp_path, 
     assert (tmp_path / "ckpts" / "last.ckpt").read_bytes() == before
     resumed = MMKitCLI(args=["fit", *args(tmp_path, ckpts, steps=4), "--ckpt_path=last"])
     assert resumed.trainer.global_step == 4
+
+
+def test_checkpoints_of_a_cli_built_without_a_subcommand_record_the_definition(tmp_path):
+    cli = MMKitCLI(args=[*args(tmp_path, "--trainer.max_steps=1", normalizer="entmax15")], run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    record = torch.load(last, weights_only=True)["mmkit"]["definition"]
+    assert record["network"]["init_args"]["output_normalizer"] == "entmax15"
