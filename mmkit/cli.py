@@ -26,7 +26,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
 from .callbacks import NonFiniteGuard, PredictionsCSV
-from .checkpointing import AtomicModelCheckpoint, check_checkpoint, install_atomic_checkpoint_io, read_checkpoint
+from .checkpointing import (
+    AtomicModelCheckpoint,
+    check_checkpoint,
+    install_atomic_checkpoint_io,
+    read_checkpoint,
+)
 from .cli_errors import ConfigError, check_config_files, check_output_dir, one_line, summarize_parse_error
 from .provenance import ProvenanceRecord, definition, plain
 from .resume import ExactResume

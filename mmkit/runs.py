@@ -23,7 +23,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .checkpointing import slurm_hpc_checkpoint
-from .provenance import few, describe_mismatch, verify_checkpoint
+from .provenance import describe_mismatch, few, verify_checkpoint
 
 VERSION_DIR = re.compile(r"^version_(\d+)$")
 
@@ -80,7 +80,8 @@ def _candidates(config: Namespace) -> tuple[list[Path], str]:
     if inits[0].get("version") is not None:
         last = root / _version_dir(inits[0].version) / "checkpoints" / "last.ckpt"
         return ([last] if last.is_file() else []), str(last.parent.parent)
-    found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    found = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime,
+                   reverse=True)
     return found, str(root)
 
 
@@ -128,8 +129,9 @@ def _resolve_last(config: Namespace, wanted: dict[str, Any], fitting: bool, trus
         raise ValueError(f"--ckpt_path last: no run under {where} was trained with this config{listing}; "
                          "pass the config of the run you mean, or --ckpt_path <file>")
     if others and dirpath:
-        raise ValueError(f"--ckpt_path last: checkpoint.dirpath {dirpath} holds another run's checkpoints"
-                         f"{listing}; a new run there would overwrite them: choose another checkpoint.dirpath")
+        raise ValueError(f"--ckpt_path last: checkpoint.dirpath {dirpath} holds another run's "
+                         f"checkpoints{listing}; a new run there would overwrite them: choose another "
+                         "checkpoint.dirpath")
     if others:
         rank_zero_warn(f"--ckpt_path last: no run under {where} was trained with this config{listing}; "
                        "starting a new run")

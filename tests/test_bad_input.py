@@ -233,7 +233,8 @@ CASES: dict[str, Case] = {
     "checkpoint-of-another-model": (lambda t: [*vit(t), f"--ckpt_path={fake_checkpoint(t / 'other.ckpt')}"],
                                     ("does not fit this model", "missing keys", "shape mismatch")),
     "checkpoint-of-another-normalizer": (
-        lambda t: ["test", *vit(t)[1:], f"--ckpt_path={recorded_as(t, '--model.network.normalizer=sparsemax')}"],
+        lambda t: ["test", *vit(t)[1:],
+                   f"--ckpt_path={recorded_as(t, '--model.network.normalizer=sparsemax')}"],
         ("other.ckpt was trained as a different model than this config asks for",
          "network.normalizer: checkpoint SparseMax vs config SoftMax")),
     "checkpoint-of-another-task-data": (

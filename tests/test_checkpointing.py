@@ -200,7 +200,8 @@ def test_checkpoint_of_another_normalizer_names_the_keys(run, tmp_path, capsys, 
     monkeypatch.chdir(tmp_path)
     old = legacy_copy(run / "checkpoints" / "last.ckpt", run / "checkpoints" / "legacy.ckpt")
     before = snapshot(run)
-    line = fails_with(["test", "--ckpt_path", str(old), "--model.network.normalizer=multimax"], tmp_path, capsys,
+    line = fails_with(["test", "--ckpt_path", str(old), "--model.network.normalizer=multimax"],
+                      tmp_path, capsys,
                       "does not fit this model", "missing keys", "different normalizer",
                       str(run / "config.yaml"))
     assert "normalizer.ranges" in line or "normalizer.ts" in line
@@ -210,7 +211,8 @@ def test_checkpoint_of_another_normalizer_names_the_keys(run, tmp_path, capsys, 
 def test_checkpoint_of_another_size_names_the_shapes(run, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     old = legacy_copy(run / "checkpoints" / "last.ckpt", tmp_path / "legacy.ckpt")
-    line = fails_with(["fit", "--ckpt_path", str(old), "--model.network.init_args.patch_size=4"], tmp_path, capsys,
+    line = fails_with(["fit", "--ckpt_path", str(old), "--model.network.init_args.patch_size=4"],
+                      tmp_path, capsys,
                       "does not fit this model", "shape mismatch", "different model or config")
     assert " vs " in line
 

@@ -167,7 +167,8 @@ def test_an_hpc_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch, c
     fit = MMKitCLI(args=["fit", *args(tmp_path)])
     root = tmp_path / "slurm_job"
     root.mkdir()
-    (root / "hpc_ckpt_1.ckpt").write_bytes((Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt").read_bytes())
+    last = Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    (root / "hpc_ckpt_1.ckpt").write_bytes(last.read_bytes())
     for key, value in SLURM_ENV.items():
         monkeypatch.setenv(key, value)
     job = args(tmp_path, f"--trainer.default_root_dir={root}", "--trainer.logger.init_args.name=job",

@@ -105,9 +105,9 @@ class AblationSpec:
                 found.append(f"{cell.id} ({change})")
         if found:
             more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
-            raise ValueError(f"grid {self.name} in {self.root} already holds cells run with another definition: "
-                             f"{'; '.join(found[:3])}{more}; give this grid a new --name, or delete those "
-                             "cell directories to run them again")
+            raise ValueError(f"grid {self.name} in {self.root} already holds cells run with another "
+                             f"definition: {'; '.join(found[:3])}{more}; give this grid a new --name, or "
+                             "delete those cell directories to run them again")
 
 
 @dataclass
