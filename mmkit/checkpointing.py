@@ -89,8 +89,32 @@ def install_atomic_checkpoint_io(trainer: Trainer) -> None:
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``save_last: link`` swaps the ``last.ckpt`` symlink in one
-    ``os.replace`` (Lightning deletes it first, so a kill in between leaves no last.ckpt)."""
+    """``ModelCheckpoint`` that protects a run from its first ``every_n_train_steps`` (or
+    ``train_time_interval``) save on, and whose ``save_last: link`` swaps the ``last.ckpt``
+    symlink in one ``os.replace`` (Lightning deletes it first, so a kill in between leaves no
+    last.ckpt).
+
+    Lightning defers a step- or time-triggered save until the monitored metric (``val/...``)
+    exists, i.e. until the first validation, which may be thousands of steps away: until then
+    nothing, not even ``last.ckpt``, is written. Here ``last.ckpt`` is written at that cadence
+    whatever is monitored; the monitored top-k checkpoints wait for their metric."""
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        deferred, self._defer_save_until_validation = self._defer_save_until_validation, False
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        now_deferred = self._defer_save_until_validation
+        self._defer_save_until_validation = deferred or now_deferred
+        if not (now_deferred and self.save_last) or self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.monitor in candidates:  # deferred only for a fresher metric: validation is next
+            return
+        kept = self._last_global_step_saved, self._last_checkpoint_saved
+        self.last_model_path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
+        self._save_checkpoint(trainer, self.last_model_path)
+        # the deferred monitored save (and last.ckpt with it) still runs at the next validation
+        self._last_global_step_saved, self._last_checkpoint_saved = kept
 
     @staticmethod
     def _link_checkpoint(trainer: Trainer, filepath: str, linkpath: str) -> None:
