@@ -97,6 +97,9 @@ class MMKitCLI(LightningCLI):
         parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
+        parser.add_argument("--allow_untrained", type=bool, default=False,
+                            help="validate/test/predict without --ckpt_path: evaluate the randomly "
+                                 "initialised model on purpose (otherwise an error)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if args is None or isinstance(args, list):
@@ -138,7 +141,7 @@ class MMKitCLI(LightningCLI):
             if isinstance(value, (str, os.PathLike)):
                 check_output_dir(value, option)
         self.definition = definition(config)
-        resolve_checkpoint(config, self.definition, fitting=self.subcommand == "fit", trust=_trusted(config))
+        resolve_checkpoint(config, self.definition, self.subcommand, trust=_trusted(config))
 
     def instantiate_classes(self) -> None:
         """As Lightning's, then the network's spec joins the task's hyperparameters, so that

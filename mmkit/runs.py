@@ -85,10 +85,16 @@ def _candidates(config: Namespace) -> tuple[list[Path], str]:
     return found, str(root)
 
 
-def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], fitting: bool, trust: bool) -> None:
+def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], stage: str, trust: bool) -> None:
     """Check the checkpoint the command will load against ``wanted`` (the config's definition)
-    before anything is built or written; resolve ``last``. Raises ``ValueError`` (one line)."""
+    before anything is built or written; resolve ``last``. ``validate``, ``test`` and ``predict``
+    need a checkpoint unless ``allow_untrained`` is set. Raises ``ValueError`` (one line)."""
+    fitting = stage == "fit"
     ckpt_path = config.get("ckpt_path")
+    if ckpt_path is None and not fitting and not config.get("allow_untrained"):
+        raise ValueError(f"`mmkit {stage}` needs the trained weights: pass --ckpt_path <file>, or --ckpt_path "
+                         "last for the newest run of this config (--allow_untrained true evaluates the "
+                         "randomly initialised model on purpose)")
     hpc = slurm_hpc_checkpoint(config.trainer.get("default_root_dir"))
     if ckpt_path == "last":
         _resolve_last(config, wanted, fitting, trust, hpc)

@@ -51,3 +51,18 @@ def test_every_n_train_steps_protects_the_run_before_the_first_validation(config
     best = [p for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt"]
     assert len(best) == 1 and "step=7" in best[0].name  # the monitored save waited for its metric
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 7
+
+
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_evaluation_needs_a_checkpoint_unless_untrained_weights_are_asked_for(stage, tmp_path, capsys):
+    run = ["-c", MNIST, "--model.network.init_args.preset=test", "--trainer.limit_val_batches=1",
+           "--trainer.limit_test_batches=1", "--trainer.limit_predict_batches=1",
+           "--data.init_args.batch_size=8", *quiet_trainer_args(tmp_path)]
+    assert main([stage, *run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"`mmkit {stage}` needs the trained weights" in err[0], err
+    assert not any(tmp_path.rglob("*.yaml"))  # nothing written
+    # with no run to continue, `last` is an error too (not the random weights)
+    assert main([stage, *run, "--ckpt_path=last"]) == 2
+    assert "no run under" in capsys.readouterr().err
+    assert main([stage, *run, "--allow_untrained=true"]) == 0

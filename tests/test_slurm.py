@@ -137,10 +137,10 @@ def test_ckpt_path_last_takes_the_newer_of_hpc_and_last(newer, tmp_path, monkeyp
                                            logger=Namespace(class_path="x", init_args=init)))
 
     got = config()
-    resolve_checkpoint(got, wanted, fitting=True, trust=False)
+    resolve_checkpoint(got, wanted, "fit", trust=False)
     assert got.ckpt_path == str(new)
     assert str(got.trainer.logger.init_args.version) in (JOB_ID, f"version_{JOB_ID}")
     monkeypatch.delenv("SLURM_NTASKS")  # not under SLURM: hpc checkpoints are ignored
     got = config()
-    resolve_checkpoint(got, wanted, fitting=True, trust=False)
+    resolve_checkpoint(got, wanted, "fit", trust=False)
     assert got.ckpt_path == str(last)
