@@ -3,12 +3,17 @@
 - :class:`PredictionsCSV`: ``mmkit predict`` results as ``predictions.csv``.
 - :class:`NonFiniteGuard`: stop training with one clear line when the loss (or a weight)
   turns NaN/Inf, before a checkpoint of the broken weights is written.
+- :class:`GracefulStop`: SIGTERM (a scheduler's preemption) and a first Ctrl-C stop training
+  at the next batch boundary, write ``last.ckpt`` there, and end the command with
+  :class:`Interrupted` (exit status 143 or 130), never with status 0.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import signal
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +21,9 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 SHOWN = 3  # how many non-finite parameters a message names
 
@@ -125,3 +132,82 @@ class NonFiniteGuard(Callback):
                 self._warned = True
             return
         raise NonFiniteTrainingError(message)
+
+
+_STOP: dict[str, int | None] = {"signum": None}  # the signal that asked this process to stop
+
+
+def request_stop(signum: int) -> None:
+    if _STOP["signum"] is None:
+        _STOP["signum"] = signum
+
+
+def stop_requested() -> int | None:
+    """The signal (SIGINT or SIGTERM) that asked this process to stop, if any."""
+    return _STOP["signum"]
+
+
+def clear_stop() -> None:
+    _STOP["signum"] = None
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal; ``code`` is the exit status (128 + the signal number) and
+    ``checkpoint`` the ``last.ckpt`` that holds its state (``None``: none was written)."""
+
+    def __init__(self, signum: int, checkpoint: str | None, step: int | None) -> None:
+        name = signal.Signals(signum).name
+        at = f"at step {step}" if step is not None else "from before the interruption"
+        where = (f"{checkpoint} {at} holds its state; resume with --ckpt_path last" if checkpoint
+                 else "no checkpoint was written")
+        super().__init__(f"interrupted by {name}: {where}")
+        self.signum, self.code, self.checkpoint = signum, 128 + signum, checkpoint
+
+
+class GracefulStop(Callback):
+    """Stop ``fit`` cleanly on SIGTERM or a first Ctrl-C: Lightning ends the loop at the next
+    batch boundary, where this callback writes ``last.ckpt`` (the training state is whole
+    there; a stop during validation keeps the previous ``last.ckpt``). A second Ctrl-C
+    interrupts at once. The command then ends with :class:`Interrupted`: exit status 143
+    (SIGTERM) or 130 (SIGINT)."""
+
+    def __init__(self) -> None:
+        self.checkpoint: str | None = None
+        self.step: int | None = None
+        self._found: Any = None  # SIGINT's handler before fit
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        clear_stop()
+        self.checkpoint, self.step = None, None
+        if stage == "fit" and self._found is None and threading.current_thread() is threading.main_thread():
+            self._found = signal.signal(signal.SIGINT, self._on_sigint(trainer))
+
+    def _on_sigint(self, trainer: Trainer):
+        def handler(signum: int, frame: Any) -> None:
+            if stop_requested() is not None:  # the second Ctrl-C: now
+                signal.default_int_handler(signum, frame)
+            request_stop(signum)
+            trainer._signal_connector.received_sigterm = True  # Lightning's loops stop at the batch end
+        return handler
+
+    def release(self) -> None:
+        """Give SIGINT back the handler it had before ``fit`` (again after Lightning's own
+        teardown, which puts back the handlers it found, ours included)."""
+        if self._found is not None:
+            signal.signal(signal.SIGINT, self._found)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.release()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.release()  # Lightning calls no teardown hooks after an exception
+        if not isinstance(exception, SIGTERMException):
+            return
+        request_stop(signal.SIGTERM)  # unless a Ctrl-C came first
+        saver = trainer.checkpoint_callback
+        if trainer.state.fn != TrainerFn.FITTING or saver is None:
+            return
+        if not trainer.validating and hasattr(saver, "save_last_now"):
+            self.checkpoint, self.step = saver.save_last_now(trainer), trainer.global_step
+        else:
+            self.checkpoint = getattr(saver, "last_model_path", None) or None

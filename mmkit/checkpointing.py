@@ -107,14 +107,19 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         self._defer_save_until_validation = deferred or now_deferred
         if not (now_deferred and self.save_last) or self._should_skip_saving_checkpoint(trainer):
             return
-        candidates = self._monitor_candidates(trainer)
-        if self.monitor in candidates:  # deferred only for a fresher metric: validation is next
+        if self.monitor in self._monitor_candidates(trainer):  # deferred for a fresher metric only
             return
         kept = self._last_global_step_saved, self._last_checkpoint_saved
-        self.last_model_path = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
-        self._save_checkpoint(trainer, self.last_model_path)
+        self.save_last_now(trainer)
         # the deferred monitored save (and last.ckpt with it) still runs at the next validation
         self._last_global_step_saved, self._last_checkpoint_saved = kept
+
+    def save_last_now(self, trainer: Trainer) -> str:
+        """Write the current state as a full ``last.ckpt`` (never a link to an older top-k save)."""
+        self.last_model_path = self.format_checkpoint_name(self._monitor_candidates(trainer),
+                                                           self.CHECKPOINT_NAME_LAST)
+        self._save_checkpoint(trainer, self.last_model_path)
+        return self.last_model_path
 
     @staticmethod
     def _link_checkpoint(trainer: Trainer, filepath: str, linkpath: str) -> None:

@@ -15,6 +15,7 @@ status 2; set ``MMKIT_DEBUG=1`` to see the traceback.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,9 +24,10 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
-from .callbacks import NonFiniteGuard, PredictionsCSV
+from .callbacks import GracefulStop, Interrupted, NonFiniteGuard, PredictionsCSV, stop_requested
 from .checkpointing import (
     AtomicModelCheckpoint,
     check_checkpoint,
@@ -161,7 +163,8 @@ class MMKitCLI(LightningCLI):
             callbacks = [*callbacks, PredictionsCSV()]
         if not any(isinstance(c, ExactResume) for c in given):  # RNG states + data position
             callbacks = [*callbacks, ExactResume()]
-        callbacks = [*callbacks, ProvenanceRecord(self.definition)]
+        self.stop = GracefulStop()
+        callbacks = [*callbacks, ProvenanceRecord(self.definition), self.stop]
         trainer = super()._instantiate_trainer(config, callbacks)
         install_atomic_checkpoint_io(trainer)  # crash-safe saves, unless the user brought an IO
         return trainer
@@ -174,7 +177,13 @@ class MMKitCLI(LightningCLI):
         if ckpt_path is not None and os.path.isfile(ckpt_path):
             check_checkpoint(ckpt_path, self.model, fitting=subcommand == "fit", trust=_trusted(config))
         run = getattr(self.trainer, subcommand)
-        self.results = run(**self._prepare_subcommand_kwargs(subcommand))
+        try:
+            self.results = run(**self._prepare_subcommand_kwargs(subcommand))
+        except SIGTERMException as err:  # Lightning's exit on SIGTERM would be status 0
+            signum = stop_requested() or signal.SIGTERM
+            raise Interrupted(signum, self.stop.checkpoint, self.stop.step) from err
+        finally:
+            self.stop.release()
 
 
 def _trusted(config: Namespace | None) -> bool:
@@ -203,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         if args[:1] == ["ablate"]:
             return _ablate(args[1:])
         MMKitCLI(args=argv)
+    except Interrupted as err:
+        sys.stderr.write(f"mmkit: {err}\n")
+        return err.code
     except (*USER_ERRORS, ArgumentError, ConfigError) as err:
         if os.environ.get("MMKIT_DEBUG"):
             raise

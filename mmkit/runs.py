@@ -92,9 +92,9 @@ def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], stage: str, tr
     fitting = stage == "fit"
     ckpt_path = config.get("ckpt_path")
     if ckpt_path is None and not fitting and not config.get("allow_untrained"):
-        raise ValueError(f"`mmkit {stage}` needs the trained weights: pass --ckpt_path <file>, or --ckpt_path "
-                         "last for the newest run of this config (--allow_untrained true evaluates the "
-                         "randomly initialised model on purpose)")
+        raise ValueError(f"`mmkit {stage}` needs the trained weights: pass --ckpt_path <file>, or "
+                         "--ckpt_path last for the newest run of this config (--allow_untrained true "
+                         "evaluates the randomly initialised model on purpose)")
     hpc = slurm_hpc_checkpoint(config.trainer.get("default_root_dir"))
     if ckpt_path == "last":
         _resolve_last(config, wanted, fitting, trust, hpc)

@@ -3,6 +3,9 @@ runs on random weights by accident, and signals end runs honestly."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,79 @@ def test_evaluation_needs_a_checkpoint_unless_untrained_weights_are_asked_for(st
     assert main([stage, *run, "--ckpt_path=last"]) == 2
     assert "no run under" in capsys.readouterr().err
     assert main([stage, *run, "--allow_untrained=true"]) == 0
+
+
+class SignalAt(Callback):
+    """Send this process ``signum`` once, after training step ``step`` (only while the
+    environment variable ``MMKIT_TEST_SIGNAL`` is set, when ``when_env`` is)."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM, when_env: bool = False) -> None:
+        self.step, self.signum, self.when_env, self.sent = step, signum, when_env, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        armed = not self.when_env or os.environ.get("MMKIT_TEST_SIGNAL")
+        if trainer.global_step == self.step and not self.sent and armed:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+def vit_run(tmp: Path, name: str, *extra: str) -> list[str]:
+    """6 steps of a tiny ViT with dropout and augmentation; last.ckpt every 3 steps (shipped monitor)."""
+    return ["fit", "-c", MNIST, "--model.network.init_args.preset=test",
+            "--model.network.init_args.drop_rate=0.1", "--data.init_args.batch_size=16",
+            "--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
+            "--checkpoint.every_n_train_steps=3", f"--trainer.logger.init_args.name={name}",
+            *quiet_trainer_args(tmp), *extra]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["term", "int"])
+def test_a_signal_saves_last_ckpt_exits_non_zero_and_the_run_resumes_exactly(signum, code, tmp_path, capsys):
+    assert main(vit_run(tmp_path, "whole")) == 0
+    whole = tmp_path / "whole" / "version_0" / "checkpoints" / "last.ckpt"
+    stop = json.dumps({"class_path": "tests.test_failure.SignalAt",
+                       "init_args": {"step": 4, "signum": int(signum)}})
+    capsys.readouterr()
+    assert main(vit_run(tmp_path, "cut", f"--trainer.callbacks+={stop}")) == code
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    last = tmp_path / "cut" / "version_0" / "checkpoints" / "last.ckpt"
+    assert err == (f"mmkit: interrupted by {signal.Signals(signum).name}: {last} at step 4 holds its state; "
+                   "resume with --ckpt_path last")
+    assert torch.load(last, weights_only=True)["global_step"] == 4  # saved at the stop, not at step 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert main([*vit_run(tmp_path, "cut"), "--ckpt_path=last"]) == 0
+    got, ref = weights(last), weights(whole)
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["term", "int"])
+def test_a_signal_stops_the_grid_and_the_rerun_resumes_the_cell(signum, tmp_path, monkeypatch, capsys):
+    stop = json.dumps({"class_path": "tests.test_failure.SignalAt",
+                       "init_args": {"step": 2, "signum": int(signum), "when_env": True}})
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(json.dumps({
+        "name": "g", "output_dir": str(tmp_path / "out"), "configs": [MNIST],
+        "normalizers": ["softmax", "multimax"],
+        "normalizer_dir": str(ROOT / "configs/normalizer"), "seeds": [0],
+        "args": ["--model.init_args.network.init_args.preset=test", "--data.init_args.batch_size=16",
+                 "--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=1",
+                 "--trainer.limit_test_batches=1", "--checkpoint.every_n_train_steps=3",
+                 "--trainer.enable_progress_bar=false", f"--trainer.callbacks+={stop}"]}))
+    cells = tmp_path / "out" / "g" / "cells"
+    monkeypatch.setenv("MMKIT_TEST_SIGNAL", "1")
+    assert main(["ablate", "-c", str(grid)]) == 128 + signum
+    status = json.loads((cells / "mnist-softmax-s0" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["signal"] == signal.Signals(signum).name
+    last = cells / "mnist-softmax-s0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # saved at the signal
+    assert not (cells / "mnist-multimax-s0").exists()  # the grid stopped
+    assert "rerun the same command to resume it" in capsys.readouterr().out
+    monkeypatch.delenv("MMKIT_TEST_SIGNAL")
+    assert main(["ablate", "-c", str(grid)]) == 0
+    assert (cells / "mnist-softmax-s0" / "run" / "config.resume-1.yaml").is_file()  # resumed, not redone
+    for name in ("mnist-softmax-s0", "mnist-multimax-s0"):
+        assert json.loads((cells / name / "status.json").read_text())["state"] == "done"

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -19,9 +18,10 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.markup import escape
 
+from ..callbacks import request_stop
 from . import report, slurm
 from .grid import AblationSpec, Cell, write_text_atomic
-from .runner import CellFailed, is_running_elsewhere, run_in_process, run_parallel
+from .runner import CellFailed, CellInterrupted, is_running_elsewhere, run_in_process, run_parallel
 
 SPEC_HELP = {
     "configs": "base mmkit configs (one per task), e.g. [configs/vit/mnist.yaml]",
@@ -104,6 +104,9 @@ def main(argv: list[str]) -> int:
         except CellFailed as err:
             console.print(f"[red]{err}[/red]")
             return 1
+        except CellInterrupted as err:
+            console.print(str(err))
+            return err.code
         return 0
     spec.conflicts(cells)  # before anything is written: the grid's YAML must describe its table
     grid_yaml = save_grid(spec)
@@ -117,7 +120,11 @@ def main(argv: list[str]) -> int:
         console.print(("would run: " if cfg.dry_run else "submitted: ") + out)
         console.print(f"when the array is done, rerun `mmkit ablate -c {grid_yaml}` for the table and plot")
         return 0
-    failed = run_cells(spec, todo, grid_yaml, console, display_args(cfg))
+    try:
+        failed = run_cells(spec, todo, grid_yaml, console, display_args(cfg))
+    except CellInterrupted as err:  # the grid stops at the signal; finished cells keep their results
+        console.print(str(err))
+        return err.code
     rows = [r for c in cells if c.status()["state"] == "done" and (r := c.result())]
     paths = report.write_reports(spec, rows)
     if rows:
@@ -136,7 +143,8 @@ def main(argv: list[str]) -> int:
 
 def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Console,
               display: list[str]) -> list[Cell]:
-    """Run ``todo``; returns the cells that failed. Ctrl-C stops the grid (exit 130)."""
+    """Run ``todo``; returns the cells that failed. A signal (Ctrl-C, SIGTERM) stops the grid with
+    :class:`CellInterrupted`: the cell keeps its checkpoints and the rerun resumes it."""
     failed: list[Cell] = []
     count = {"started": 0}
 
@@ -157,23 +165,19 @@ def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Co
     if spec.jobs > 1:
         run_parallel(todo, grid_yaml, spec.jobs, spec.devices, on_start, on_end)
         return failed
-    interrupted = {"flag": False}
     previous = signal.getsignal(signal.SIGINT)
 
-    def on_sigint(signum, frame):  # Lightning turns Ctrl-C into SystemExit; remember it was us
-        interrupted["flag"] = True
+    def on_sigint(signum, frame):  # Lightning turns Ctrl-C into SystemExit; remember it was a signal
+        request_stop(signum)
         signal.default_int_handler(signum, frame)
 
-    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, on_sigint)  # while a cell trains, mmkit fit stops it gracefully instead
     try:
         for cell in todo:
             on_start(cell, None)
             try:
                 on_end(cell, run_in_process(cell, display), None)
             except CellFailed as err:
-                if interrupted["flag"]:
-                    console.print(f"interrupted during {cell.id}; rerun to continue")
-                    sys.exit(130)
                 on_end(cell, None, err)
     finally:
         signal.signal(signal.SIGINT, previous)

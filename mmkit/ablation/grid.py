@@ -8,7 +8,7 @@ logger and checkpoints redirected into the cell's own directory::
         ablation.yaml            the resolved grid (cells and SLURM tasks re-read it)
         results.csv / .md / .png
         cells/<config>-<normalizer>-s<seed>/
-            status.json          pending | running | done | failed (+ error, times)
+            status.json          pending | running | interrupted | done | failed (+ error, times)
             result.json          the cell's metrics, once done
             run/metrics.csv      the CSV log of fit and test
             checkpoints/         best and last.ckpt
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ALL_NORMALIZERS = ["softmax", "sparsemax", "entmax15", "entmax", "multimax"]
-CELL_STATES = ("pending", "running", "done", "failed")
+CELL_STATES = ("pending", "running", "interrupted", "done", "failed")
 
 
 @dataclass
@@ -98,7 +98,7 @@ class AblationSpec:
         was run with another definition than this grid gives it; nothing is written."""
         found = []
         for cell in self.cells() if cells is None else cells:
-            if cell.status()["state"] not in ("done", "running"):
+            if cell.status()["state"] not in ("done", "running", "interrupted"):
                 continue  # pending or failed: run from scratch anyway
             change = cell.definition_change()
             if change:

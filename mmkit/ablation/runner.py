@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
+from ..callbacks import Interrupted, clear_stop, stop_requested
 from ..checkpointing import read_checkpoint
 from ..provenance import RECORD_KEY
 from .grid import Cell, write_json_atomic
@@ -59,9 +61,9 @@ def resume_checkpoint(cell: Cell) -> Path | None:
 def prepare(cell: Cell) -> str:
     """Get ``cell`` ready to (re)run; returns how: ``fresh``, ``resume`` or ``retry``."""
     state = cell.status()["state"]
-    if state == "running" and resume_checkpoint(cell) is not None:
+    if state in ("running", "interrupted") and resume_checkpoint(cell) is not None:
         return "resume"
-    if state in ("failed", "running"):
+    if state in ("failed", "running", "interrupted"):
         _clear(cell.dir)
         return "retry"
     return "fresh"
@@ -125,6 +127,7 @@ def run_in_process(cell: Cell, display: list[str] | tuple[str, ...] = ()) -> dic
     from ..cli import MMKitCLI  # the CLI sits above the ablation runner
 
     how = prepare(cell)
+    clear_stop()
     cell.record_definition()
     cell.set_status("running", pid=os.getpid(), host=socket.gethostname(), how=how,
                     started=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -138,7 +141,14 @@ def run_in_process(cell: Cell, display: list[str] | tuple[str, ...] = ()) -> dic
         test_metrics = {k: float(v) for output in tested.results or [] for k, v in output.items()
                         if k.startswith("test/")}
         val_metrics = _last_record(cell)["val_metrics"]
-    except (Exception, SystemExit) as err:
+    except (Exception, SystemExit, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Interrupted) else stop_requested()
+        if signum is not None:  # a signal, not a failure: the rerun resumes the cell
+            cell.set_status("interrupted", signal=signal.Signals(signum).name, error=str(err),
+                            pid=os.getpid(), host=socket.gethostname())
+            raise CellInterrupted(cell, signum) from err
+        if isinstance(err, KeyboardInterrupt):
+            raise
         message = " ".join(str(err).split()) or type(err).__name__
         (cell.dir / "error.txt").write_text(traceback.format_exc())
         cell.set_status("failed", error=f"{type(err).__name__}: {message}",
@@ -166,6 +176,16 @@ class CellFailed(RuntimeError):
         self.cell = cell
 
 
+class CellInterrupted(Exception):
+    """A signal stopped ``cell``; the grid stops too (exit status ``code``), and a rerun
+    resumes the cell from its checkpoint."""
+
+    def __init__(self, cell: Cell, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} interrupted {cell.id}; rerun the same command to resume it")
+        self.cell, self.code = cell, 128 + signum
+
+
 def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None) -> dict[str, Any]:
     """Run ``cell`` with ``mmkit ablate --cell`` in a child process (log in ``log.txt``)."""
     env = dict(os.environ)
@@ -179,6 +199,8 @@ def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None) -> dict[str,
     result = cell.result() if cell.status()["state"] == "done" else None
     if code != 0 or result is None:
         status = cell.status()
+        if status["state"] == "interrupted":
+            raise CellInterrupted(cell, int(signal.Signals[status["signal"]]))
         if status["state"] != "failed":  # killed before it could say so
             cell.set_status("failed", error=f"exit status {code}", log=str(cell.dir / "log.txt"))
         raise CellFailed(cell, cell.status().get("error", f"exit status {code}"))
