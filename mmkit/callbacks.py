@@ -118,20 +118,44 @@ class NonFiniteGuard(Callback):
         every = self.check_every_n_steps
         if every == 0 or trainer.global_step % every:
             return
-        problems = self._problems(pl_module, outputs)
+        self._check(trainer, self._problems(pl_module, outputs), f"batch {batch_idx}")
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        """Every save is checked, whatever ``check_every_n_steps``: a checkpoint never holds
+        NaN/Inf weights (the error comes before the file is written)."""
+        if self.check_every_n_steps and self.check_weights:
+            self._check(trainer, self._problems(pl_module, None), "while saving a checkpoint")
+
+    def _check(self, trainer: Trainer, problems: list[str], where: str) -> None:
         if not trainer.strategy.reduce_boolean_decision(bool(problems), all=False):
             return
         what = "; ".join(problems) or "another rank saw a NaN/Inf loss or weight"
-        message = (f"training diverged at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
-                   f"batch {batch_idx}): {what}; no checkpoint of this step was saved (the last good one is "
-                   "kept); lower the learning rate, set trainer.gradient_clip_val, or use 32-true precision "
-                   "(nan_guard.action=warn only warns, nan_guard.check_every_n_steps=0 turns the check off)")
+        diverged = (f"training diverged at global step {trainer.global_step} (epoch {trainer.current_epoch}, "
+                    f"{where}): {what}")
         if self.action == "warn":
             if not self._warned:
-                rank_zero_warn(message.split("; no checkpoint")[0] + " (nan_guard.action=warn: going on)")
+                rank_zero_warn(f"{diverged} (nan_guard.action=warn: going on)")
                 self._warned = True
             return
-        raise NonFiniteTrainingError(message)
+        raise NonFiniteTrainingError(
+            f"{diverged}; {_kept_checkpoint(trainer)}; lower the learning rate, set trainer.gradient_clip_val, "
+            "or use 32-true precision (nan_guard.action=warn only warns, nan_guard.check_every_n_steps=0 "
+            "turns the check off)")
+
+
+def _kept_checkpoint(trainer: Trainer) -> str:
+    """What the user can resume from after the guard stopped training (saves are checked, so
+    whatever ``last.ckpt`` holds is finite)."""
+    saver = trainer.checkpoint_callback
+    last = getattr(saver, "last_model_path", "") or ""
+    if not last or not os.path.isfile(last):
+        return "no checkpoint was written before it (none to resume from)"
+    try:
+        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # unreadable: still name the file
+        return f"no checkpoint of this step was written; the last one is {last}"
+    return f"no checkpoint of this step was written; {last} (step {step}) holds the last good state"
 
 
 _STOP: dict[str, int | None] = {"signum": None}  # the signal that asked this process to stop

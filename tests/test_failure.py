@@ -145,3 +145,34 @@ def test_a_signal_stops_the_grid_and_the_rerun_resumes_the_cell(signum, tmp_path
     assert (cells / "mnist-softmax-s0" / "run" / "config.resume-1.yaml").is_file()  # resumed, not redone
     for name in ("mnist-softmax-s0", "mnist-multimax-s0"):
         assert json.loads((cells / name / "status.json").read_text())["state"] == "done"
+
+
+DIVERGE = ["--model.init_args.optimizer.init_args.lr=1e30", "--trainer.gradient_clip_val=null"]
+
+
+def test_no_checkpoint_holds_non_finite_weights_whatever_the_check_interval(tmp_path, capsys):
+    """Checked every 5th step, saved every step: the save of a broken step is refused."""
+    run = [*vit_run(tmp_path, "nan", *DIVERGE, "--checkpoint.every_n_train_steps=1",
+                    "--nan_guard.check_every_n_steps=5")]
+    assert main(run) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training diverged at global step" in err[0], err
+    step = int(err[0].split("global step ")[1].split()[0])
+    ckpts = sorted((tmp_path / "nan").rglob("*.ckpt"))
+    for path in ckpts:
+        saved = torch.load(path, weights_only=True)
+        assert saved["global_step"] < step
+        assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    if ckpts:  # the message names the checkpoint to resume from, and its step
+        last = tmp_path / "nan" / "version_0" / "checkpoints" / "last.ckpt"
+        held = torch.load(last, weights_only=True)["global_step"]
+        assert f"{last} (step {held}) holds the last good state" in err[0]
+    else:
+        assert "no checkpoint was written before it (none to resume from)" in err[0]
+
+
+def test_the_nan_message_says_when_there_is_no_checkpoint(tmp_path, capsys):
+    assert main([*vit_run(tmp_path, "nan0", *DIVERGE, "--checkpoint.every_n_train_steps=100")]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint was written before it (none to resume from)" in err
+    assert not list((tmp_path / "nan0").rglob("*.ckpt"))
