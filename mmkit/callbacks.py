@@ -139,9 +139,9 @@ class NonFiniteGuard(Callback):
                 self._warned = True
             return
         raise NonFiniteTrainingError(
-            f"{diverged}; {_kept_checkpoint(trainer)}; lower the learning rate, set trainer.gradient_clip_val, "
-            "or use 32-true precision (nan_guard.action=warn only warns, nan_guard.check_every_n_steps=0 "
-            "turns the check off)")
+            f"{diverged}; {_kept_checkpoint(trainer)}; lower the learning rate, set "
+            "trainer.gradient_clip_val, or use 32-true precision (nan_guard.action=warn only warns, "
+            "nan_guard.check_every_n_steps=0 turns the check off)")
 
 
 def _kept_checkpoint(trainer: Trainer) -> str:
