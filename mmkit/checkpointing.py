@@ -3,7 +3,8 @@
 - :class:`AtomicCheckpointIO` writes every checkpoint (``epoch=*.ckpt``, ``last.ckpt``,
   SLURM's ``hpc_ckpt_*.ckpt``) to a temporary file in the target directory, fsyncs it and
   renames it over the target with ``os.replace``: a kill during a save leaves the previous
-  checkpoint whole. :func:`install_atomic_checkpoint_io` puts it on a trainer whose strategy
+  checkpoint whole (its temporary file is removed by the next save in that directory).
+  :func:`install_atomic_checkpoint_io` puts it on a trainer whose strategy
   still uses Lightning's plain ``TorchCheckpointIO`` (a user's own ``CheckpointIO`` is kept).
 - :class:`AtomicModelCheckpoint` also replaces the ``last.ckpt`` symlink atomically
   (``save_last: link``); with ``save_last: true`` last.ckpt is a full save, atomic through the IO.
@@ -19,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 TEMP_PREFIX = ".mmkit-partial-"  # never contains "hpc_ckpt_", "last" or ".ckpt": no glob mistakes it
 HPC_NAME = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
+PARTIAL_NAME = re.compile(r"^\.mmkit-partial-(\d+)-[0-9a-f]+\.tmp$")
 SHOWN = 4  # how many offending keys an error names
 
 
@@ -48,12 +51,40 @@ def _fsync_dir(directory: str) -> None:
             os.close(fd)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_partials(directory: str | os.PathLike, min_age_s: float = 60.0) -> list[str]:
+    """Delete the temporary files of saves that never finished (the process that wrote them is
+    gone, e.g. killed mid-save, and the file is older than ``min_age_s``); returns their names."""
+    removed = []
+    now = time.time()
+    for entry in os.scandir(directory):
+        found = PARTIAL_NAME.match(entry.name)
+        if not found or pid_alive(int(found.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if now - entry.stat().st_mtime >= min_age_s:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    return removed
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a half-written ``path``: write a temporary
     file next to it, fsync, ``os.replace``. On any error the temporary file is removed and
     the old ``path`` (if any) is untouched. A symlink at ``path`` is replaced, not followed."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
+    remove_stale_partials(directory)  # what a save killed mid-way left behind
     temp = _temp_path(directory)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like open()
     try:

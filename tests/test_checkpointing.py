@@ -238,3 +238,19 @@ def test_a_matching_checkpoint_passes_the_check(run):
     check_checkpoint(only, cli.model)
     with pytest.raises(ValueError, match="holds model weights only"):
         check_checkpoint(only, cli.model, fitting=True)
+
+
+def test_a_save_removes_the_partial_files_of_dead_writers(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that no longer exists
+    old = time.time() - 3600
+    stale = tmp_path / f"{TEMP_PREFIX}{gone.pid}-0a1b2c3d.tmp"
+    fresh = tmp_path / f"{TEMP_PREFIX}{gone.pid}-0a1b2c3e.tmp"  # may still be mid-write elsewhere
+    alive = tmp_path / f"{TEMP_PREFIX}{os.getpid()}-0a1b2c3f.tmp"
+    for path in (stale, fresh, alive):
+        path.write_bytes(b"x" * 100)
+    for path in (stale, alive):
+        os.utime(path, (old, old))
+    atomic_torch_save({"w": torch.ones(2)}, tmp_path / "last.ckpt")
+    assert not stale.exists() and fresh.exists() and alive.exists()
+    assert torch.equal(torch.load(tmp_path / "last.ckpt", weights_only=True)["w"], torch.ones(2))

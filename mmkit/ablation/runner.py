@@ -28,28 +28,18 @@ from queue import Queue
 from typing import Any
 
 from ..callbacks import Interrupted, clear_stop, stop_requested
-from ..checkpointing import read_checkpoint
+from ..checkpointing import pid_alive, read_checkpoint
 from ..provenance import RECORD_KEY
 from .grid import Cell, write_json_atomic
 
 KEEP_ON_RETRY = ("log.txt",)  # a parallel cell's log, which the parent process holds open
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_running_elsewhere(cell: Cell) -> bool:
     """True when another live process on this host is running ``cell`` right now."""
     status = cell.status()
     return (status["state"] == "running" and status.get("host") == socket.gethostname()
-            and status.get("pid") not in (None, os.getpid()) and _pid_alive(status["pid"]))
+            and status.get("pid") not in (None, os.getpid()) and pid_alive(status["pid"]))
 
 
 def resume_checkpoint(cell: Cell) -> Path | None:
