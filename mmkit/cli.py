@@ -184,6 +184,9 @@ class MMKitCLI(LightningCLI):
             raise Interrupted(signum, self.stop.checkpoint, self.stop.step) from err
         finally:
             self.stop.release()
+            for callback in self.trainer.callbacks:  # Lightning skips teardown hooks after an error
+                if isinstance(callback, RunConfigRecord):
+                    callback.release()
 
 
 def _trusted(config: Namespace | None) -> bool:

@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .checkpointing import slurm_hpc_checkpoint
+from .checkpointing import pid_alive, slurm_hpc_checkpoint
 from .provenance import describe_mismatch, few, verify_checkpoint
 
 VERSION_DIR = re.compile(r"^version_(\d+)$")
@@ -144,21 +147,92 @@ def _resolve_last(config: Namespace, wanted: dict[str, Any], fitting: bool, trus
     config.ckpt_path = None
 
 
+class RunLock:
+    """``<run>/.lock`` while a process trains in the run directory: a second ``fit`` into the
+    same run (e.g. two ``--ckpt_path last`` resumes) is refused with one line naming the
+    holder. A lock whose process is gone (same host), or left by an earlier incarnation of this
+    SLURM job (a requeue), is taken over."""
+
+    NAME = ".lock"
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    @staticmethod
+    def _me() -> dict[str, Any]:
+        return {"pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID"),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def acquire(self, log_dir: Path) -> str | None:
+        """Take the lock; returns why not (the holder), or ``None``."""
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / self.NAME
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._holder(path)
+                if holder is not None:
+                    return (f"{log_dir} is in use: pid {holder.get('pid')} on {holder.get('host')} has been "
+                            f"training in it since {holder.get('since')}; wait for it to end, or, if that "
+                            f"process is gone, remove {path}")
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._me(), f)
+            self.path = path
+            return None
+        return f"cannot lock {log_dir}: {path} keeps reappearing; is another process starting there?"
+
+    def _holder(self, path: Path) -> dict[str, Any] | None:
+        """Who holds ``path``, or ``None`` when that process is gone."""
+        try:
+            holder = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # a half-written or damaged lock: nobody
+        me = self._me()
+        if holder.get("job") and holder.get("job") == me["job"] and holder.get("pid") != me["pid"]:
+            return None  # an earlier incarnation of this (requeued) SLURM job
+        if holder.get("host") == me["host"] and not pid_alive(int(holder.get("pid", 0))):
+            return None
+        return holder
+
+    def release(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+
 class RunConfigRecord(SaveConfigCallback):
     """LightningCLI's ``SaveConfigCallback`` with an append-only run directory (see the module
-    docstring). A new fit into a directory that already holds another run's checkpoints is
-    refused: two runs would share one directory."""
+    docstring) that ``fit`` locks (:class:`RunLock`; :meth:`release` frees it). A new fit into a
+    directory that already holds another run's checkpoints is refused: two runs would share
+    one directory."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = RunLock()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved or not self.save_to_log_dir:
             return super().setup(trainer, pl_module, stage)
         log_dir = Path(trainer.log_dir)  # broadcast by Lightning
-        name, refusal = (self._filename(log_dir, stage) if trainer.is_global_zero else (None, None))
+        name, refusal = None, None
+        if trainer.is_global_zero:
+            name, refusal = self._filename(log_dir, stage)
+            if refusal is None and stage == "fit":
+                refusal = self.lock.acquire(log_dir)
         name, refusal = trainer.strategy.broadcast((name, refusal))
         if refusal:
             raise ValueError(refusal)
         self.config_filename, self.overwrite = name, True
         super().setup(trainer, pl_module, stage)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.release()
+
+    def release(self) -> None:
+        self.lock.release()
 
     def _filename(self, log_dir: Path, stage: str) -> tuple[str, str | None]:
         if stage != "fit":

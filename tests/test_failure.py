@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,6 +115,7 @@ def test_a_signal_saves_last_ckpt_exits_non_zero_and_the_run_resumes_exactly(sig
                    "resume with --ckpt_path last")
     assert torch.load(last, weights_only=True)["global_step"] == 4  # saved at the stop, not at step 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert not (last.parent.parent / ".lock").exists()  # the run directory is free again
     assert main([*vit_run(tmp_path, "cut"), "--ckpt_path=last"]) == 0
     got, ref = weights(last), weights(whole)
     assert torch.load(last, weights_only=True)["global_step"] == 6
@@ -176,3 +180,23 @@ def test_the_nan_message_says_when_there_is_no_checkpoint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no checkpoint was written before it (none to resume from)" in err
     assert not list((tmp_path / "nan0").rglob("*.ckpt"))
+
+
+def test_a_run_directory_is_locked_while_it_trains(tmp_path, capsys):
+    assert main(vit_run(tmp_path, "locked", "--trainer.max_epochs=1")) == 0
+    run = tmp_path / "locked" / "version_0"
+    assert not (run / ".lock").exists()  # released at the end
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "job": None,
+                                               "since": "2026-01-01 00:00:00"}))
+        files = sorted(run.rglob("*"))
+        assert main([*vit_run(tmp_path, "locked"), "--ckpt_path=last"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is in use: pid {holder.pid} on {socket.gethostname()}" in err[0], err
+        assert sorted(run.rglob("*")) == files  # no resume record, no checkpoint
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main([*vit_run(tmp_path, "locked"), "--ckpt_path=last"]) == 0  # its holder is gone: taken over
+    assert (run / "config.resume-1.yaml").is_file() and not (run / ".lock").exists()
