@@ -35,8 +35,8 @@ from .checkpointing import (
     read_checkpoint,
 )
 from .cli_errors import ConfigError, check_config_files, check_output_dir, one_line, summarize_parse_error
-from .provenance import ProvenanceRecord, definition, plain
-from .resume import ExactResume
+from .provenance import ProvenanceRecord, definition, optimizer_spec, plain
+from .resume import ExactResume, RecipeOnResume
 from .runs import RunConfigRecord, resolve_checkpoint
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -83,6 +83,7 @@ class MMKitCLI(LightningCLI):
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.results: Any = None
         self.definition: dict[str, Any] = {}
+        self.optimizer: dict[str, Any] | None = None
         super().__init__(
             LightningModule, LightningDataModule,
             save_config_callback=RunConfigRecord,
@@ -133,7 +134,7 @@ class MMKitCLI(LightningCLI):
         ``hpc_ckpt_*.ckpt``)."""
         config = self.config.get(self.subcommand) if self.subcommand else None
         if config is None:  # run=False: no checkpoint to check; the checkpoints still get a record
-            self.definition = definition(self.config)
+            self.definition, self.optimizer = definition(self.config), optimizer_spec(self.config)
             return
         for option in OUTPUT_OPTIONS:  # fail before anything is written
             try:
@@ -142,8 +143,9 @@ class MMKitCLI(LightningCLI):
                 value = None
             if isinstance(value, (str, os.PathLike)):
                 check_output_dir(value, option)
-        self.definition = definition(config)
-        resolve_checkpoint(config, self.definition, self.subcommand, trust=_trusted(config))
+        self.definition, self.optimizer = definition(config), optimizer_spec(config)
+        resolve_checkpoint(config, self.definition, self.subcommand, trust=_trusted(config),
+                           optimizer=self.optimizer)
 
     def instantiate_classes(self) -> None:
         """As Lightning's, then the network's spec joins the task's hyperparameters, so that
@@ -164,7 +166,8 @@ class MMKitCLI(LightningCLI):
         if not any(isinstance(c, ExactResume) for c in given):  # RNG states + data position
             callbacks = [*callbacks, ExactResume()]
         self.stop = GracefulStop()
-        callbacks = [*callbacks, ProvenanceRecord(self.definition), self.stop]
+        callbacks = [*callbacks, ProvenanceRecord(self.definition, self.optimizer),
+                     RecipeOnResume(self.optimizer), self.stop]
         trainer = super()._instantiate_trainer(config, callbacks)
         install_atomic_checkpoint_io(trainer)  # crash-safe saves, unless the user brought an IO
         return trainer

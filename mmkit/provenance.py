@@ -177,16 +177,46 @@ def describe_mismatch(path: Path, wanted: dict[str, Any]) -> str | None:
     return found[0] + (f" (+{len(found) - 1} more)" if len(found) > 1 else "") if found else None
 
 
-class ProvenanceRecord(Callback):
-    """Write ``checkpoint["mmkit"]``: the run's definition, the mmkit version and the last
-    validation metrics, into every full checkpoint (last, best, every-n-steps, SLURM's hpc)."""
+def optimizer_spec(config: Namespace) -> dict[str, Any] | None:
+    """The config's ``model.init_args.optimizer`` (class path and init args), if any."""
+    init = (plain(config.get("model")) or {}).get("init_args") or {}
+    optimizer = init.get("optimizer")
+    return optimizer if isinstance(optimizer, dict) else None
 
-    def __init__(self, run_definition: dict[str, Any]) -> None:
+
+def recorded_optimizer(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    record = ckpt.get(RECORD_KEY)
+    return ((record.get("recipe") or {}).get("optimizer") if isinstance(record, dict) else None) or None
+
+
+def verify_optimizer(path: str | Path, optimizer: dict[str, Any] | None, trust: bool = False) -> None:
+    """A resumed fit continues the checkpoint's optimizer state, so the optimizer class must be
+    the one it recorded (its hyperparameters may change: :class:`mmkit.resume.RecipeOnResume`)."""
+    ckpt = read_checkpoint(path, trust=trust)
+    try:
+        old = recorded_optimizer(ckpt)
+    finally:
+        del ckpt
+    if not old or not optimizer or old.get("class_path") == optimizer.get("class_path"):
+        return
+    was, now = old.get("class_path"), optimizer.get("class_path")
+    raise ValueError(f"checkpoint {path} was trained with the optimizer {was} and this config asks for "
+                     f"{now}: its optimizer state cannot carry over; resume with {was} (its lr, weight "
+                     "decay, ... may change), or start a new run")
+
+
+class ProvenanceRecord(Callback):
+    """Write ``checkpoint["mmkit"]``: the run's definition, its optimizer (``recipe``), the mmkit
+    version and the last validation metrics, into every full checkpoint (last, best,
+    every-n-steps, SLURM's hpc)."""
+
+    def __init__(self, run_definition: dict[str, Any], optimizer: dict[str, Any] | None = None) -> None:
         self.definition = plain(run_definition)
+        self.optimizer = plain(optimizer)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1}
         checkpoint[RECORD_KEY] = {"version": __version__, "definition": self.definition,
-                                  "val_metrics": metrics}
+                                  "recipe": {"optimizer": self.optimizer}, "val_metrics": metrics}

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 def rng_states() -> dict[str, Any]:
@@ -205,3 +205,69 @@ def _skip(loader: Any, batches: int) -> bool:
                                else batch_size)
             return True
     return False
+
+
+class RecipeOnResume(Callback):
+    """A resumed ``fit`` trains with the optimizer hyperparameters of its config, not only the
+    ones its checkpoint restored (Lightning restores the old learning rate, silently ignoring a
+    new one). Every init argument of the optimizer that differs from the checkpoint's recorded
+    one is applied on top of the restored state: the learning rate by scaling each group's
+    rate and the schedulers' ``base_lrs`` (so the schedule continues from the same step at
+    the new scale), any other (``weight_decay``, ``betas``, ``momentum``, ...) in the groups
+    that held the old value (a no-decay group keeps its 0). The optimizer class cannot change
+    (:func:`mmkit.provenance.verify_optimizer` refuses it before the run starts).
+
+    Args:
+        optimizer: the config's optimizer spec (``class_path`` and ``init_args``).
+    """
+
+    def __init__(self, optimizer: dict[str, Any] | None) -> None:
+        self.optimizer = optimizer
+        self._restored: dict[str, Any] | None = None
+        self.changes: dict[str, tuple[Any, Any]] = {}
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        from .provenance import recorded_optimizer
+
+        self._restored = recorded_optimizer(checkpoint)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        old, self._restored = self._restored, None
+        if not old or not self.optimizer:
+            return
+        before, after = old.get("init_args") or {}, self.optimizer.get("init_args") or {}
+        self.changes = {k: (before[k], v) for k, v in after.items() if k in before and before[k] != v}
+        if not self.changes:
+            return
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                _apply(group, self.changes)
+        if "lr" in self.changes:
+            old_lr, new_lr = self.changes["lr"]
+            for config in trainer.lr_scheduler_configs:
+                if hasattr(config.scheduler, "base_lrs"):
+                    bases = config.scheduler.base_lrs
+                    config.scheduler.base_lrs = [_rescale(b, old_lr, new_lr) for b in bases]
+        shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in self.changes.items())
+        rank_zero_info(f"resumed with the config's optimizer settings: {shown}")
+
+
+def _rescale(value: float, old: float, new: float) -> float:
+    return value * (new / old) if old else new
+
+
+def _apply(group: dict[str, Any], changes: dict[str, tuple[Any, Any]]) -> None:
+    for key, (old, new) in changes.items():
+        if key == "lr":
+            for name in ("lr", "initial_lr"):
+                if name in group:
+                    group[name] = _rescale(group[name], old, new)
+        elif key in group and _same(group[key], old):
+            group[key] = tuple(new) if isinstance(group[key], tuple) else new
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return list(a) == list(b)
+    return a == b

@@ -26,7 +26,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .checkpointing import pid_alive, slurm_hpc_checkpoint
-from .provenance import describe_mismatch, few, verify_checkpoint
+from .provenance import describe_mismatch, few, verify_checkpoint, verify_optimizer
 
 VERSION_DIR = re.compile(r"^version_(\d+)$")
 
@@ -88,7 +88,8 @@ def _candidates(config: Namespace) -> tuple[list[Path], str]:
     return found, str(root)
 
 
-def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], stage: str, trust: bool) -> None:
+def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], stage: str, trust: bool,
+                       optimizer: dict[str, Any] | None = None) -> None:
     """Check the checkpoint the command will load against ``wanted`` (the config's definition)
     before anything is built or written; resolve ``last``. ``validate``, ``test`` and ``predict``
     need a checkpoint unless ``allow_untrained`` is set. Raises ``ValueError`` (one line)."""
@@ -106,7 +107,10 @@ def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], stage: str, tr
         config.ckpt_path = str(hpc)
     elif ckpt_path is not None and os.path.isfile(ckpt_path):
         verify_checkpoint(ckpt_path, wanted, trust)
-    if config.get("ckpt_path") is None:
+    resumed = config.get("ckpt_path")
+    if fitting and resumed and os.path.isfile(resumed):
+        verify_optimizer(resumed, optimizer, trust)
+    if resumed is None:
         share_version(config)
 
 

@@ -200,3 +200,22 @@ def test_a_run_directory_is_locked_while_it_trains(tmp_path, capsys):
         holder.wait()
     assert main([*vit_run(tmp_path, "locked"), "--ckpt_path=last"]) == 0  # its holder is gone: taken over
     assert (run / "config.resume-1.yaml").is_file() and not (run / ".lock").exists()
+
+
+def test_a_resume_applies_the_configs_optimizer_settings_and_refuses_another_optimizer(tmp_path, capsys):
+    first = MMKitCLI(args=vit_run(tmp_path, "recipe", "--trainer.max_epochs=1"))
+    assert first.trainer.lr_scheduler_configs[0].scheduler.base_lrs == [0.003, 0.003]  # mnist.yaml's
+    resumed = MMKitCLI(args=[*vit_run(tmp_path, "recipe", "--model.init_args.optimizer.init_args.lr=0.01",
+                                      "--model.init_args.optimizer.init_args.weight_decay=0.2"),
+                             "--ckpt_path=last"])
+    assert resumed.trainer.global_step == 6
+    assert resumed.trainer.lr_scheduler_configs[0].scheduler.base_lrs == pytest.approx([0.01, 0.01])
+    decay, no_decay = resumed.trainer.optimizers[0].param_groups
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0  # the no-decay group keeps 0
+    assert decay["initial_lr"] == pytest.approx(0.01)
+    run = tmp_path / "recipe" / "version_0"
+    assert "lr: 0.01" in (run / "config.resume-1.yaml").read_text()  # the change is on record
+    sgd = "--model.init_args.optimizer=torch.optim.SGD"
+    assert main([*vit_run(tmp_path, "recipe", "--trainer.max_epochs=3", sgd), "--ckpt_path=last"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with the optimizer torch.optim.AdamW and this config asks for torch.optim.SGD" in err
