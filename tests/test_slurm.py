@@ -88,14 +88,19 @@ def test_sigusr1_saves_requeues_and_the_rerun_resumes(tmp_path):
             first.kill()
     assert "Handling auto-requeue signal" in out, out
     assert calls.read_text().split() == ["requeue", JOB_ID]
+    assert first.returncode == 128 + signal.SIGTERM  # the requeue's SIGTERM: an honest, non-zero exit
     hpc = root / "hpc_ckpt_1.ckpt"
     saved = torch.load(hpc, map_location="cpu", weights_only=False)["global_step"]
     assert 5 <= saved < STEPS and not list(root.glob(".mmkit-partial-*"))
     assert max(train_steps(run_dir)) < STEPS - 1
+    # The SIGTERM also wrote last.ckpt at the next batch boundary; the rerun takes the newer one.
+    last = run_dir / "checkpoints" / "last.ckpt"
+    newer = max((hpc, last), key=lambda p: p.stat().st_mtime)
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= saved
 
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert f"Restoring states from the checkpoint path at {hpc}" in second.stderr, second.stderr
+    assert f"Restoring states from the checkpoint path at {newer}" in second.stderr, second.stderr
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == STEPS
     steps = train_steps(run_dir)  # one metrics.csv, appended: no step is trained twice (from scratch)
