@@ -192,6 +192,29 @@ class MMKitCLI(LightningCLI):
                     callback.release()
 
 
+class _Parsed(Exception):
+    """Raised by :func:`check_arguments` once the arguments have parsed."""
+
+
+def check_arguments(args: list[str]) -> None:
+    """Parse ``args`` (a subcommand and its options) as ``mmkit`` does: config files, option
+    names, types, the checkpoint named, and build nothing. Raises the error ``mmkit`` would
+    show; ``mmkit ablate`` checks every cell this way before the first one runs."""
+
+    class _ParseOnly(MMKitCLI):
+        def before_instantiate_classes(self) -> None:
+            super().before_instantiate_classes()
+            raise _Parsed
+
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        _ParseOnly(args=args)
+    except _Parsed:
+        pass
+    finally:
+        sys.argv = argv
+
+
 def _trusted(config: Namespace | None) -> bool:
     """``--weights_only false``: the user trusts the checkpoint's pickled objects."""
     return config is not None and config.get("weights_only") is False

@@ -266,3 +266,12 @@ def test_slurm_array_requeues_and_appends_its_output(tmp_path):
     text = (tmp_path / "out" / "tiny" / "slurm" / "array.sbatch").read_text()
     assert "#SBATCH --requeue" in text and "#SBATCH --open-mode=append" in text
     assert "--progress_bar false" in text
+
+
+@pytest.mark.parametrize("extra", [[], ["--slurm=true", "--dry_run=true"]], ids=["run", "dry_run"])
+def test_every_cells_arguments_are_checked_before_the_first_cell_runs(tmp_path, capsys, extra):
+    cfg = grid_yaml(tmp_path, ["softmax", "multimax"], [0, 1], args=[*TINY, "--trainer.max_epochz=1"])
+    assert main(["ablate", "-c", str(cfg), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cell mnist-softmax-s0 would fail" in err[0] and "max_epochz" in err[0], err
+    assert not (tmp_path / "out").exists()  # nothing written: no ablation.yaml, no cell, no array script

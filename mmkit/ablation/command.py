@@ -21,7 +21,14 @@ from rich.markup import escape
 from ..callbacks import request_stop
 from . import report, slurm
 from .grid import AblationSpec, Cell, write_text_atomic
-from .runner import CellFailed, CellInterrupted, is_running_elsewhere, run_in_process, run_parallel
+from .runner import (
+    CellFailed,
+    CellInterrupted,
+    check_cells,
+    is_running_elsewhere,
+    run_in_process,
+    run_parallel,
+)
 
 SPEC_HELP = {
     "configs": "base mmkit configs (one per task), e.g. [configs/vit/mnist.yaml]",
@@ -109,8 +116,9 @@ def main(argv: list[str]) -> int:
             return err.code
         return 0
     spec.conflicts(cells)  # before anything is written: the grid's YAML must describe its table
-    grid_yaml = save_grid(spec)
     todo = [c for c in cells if c.status()["state"] != "done" and not is_running_elsewhere(c)]
+    check_cells(todo)  # every cell's arguments parse, in --dry_run too
+    grid_yaml = save_grid(spec)
     busy = [c for c in cells if is_running_elsewhere(c)]
     console.print(f"ablation [bold]{spec.name}[/bold]: {len(cells)} cells "
                   f"({len(cells) - len(todo) - len(busy)} done, {len(busy)} running elsewhere, "

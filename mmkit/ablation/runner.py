@@ -112,6 +112,24 @@ def read_metrics(path: Path) -> tuple[dict[str, float], list[dict[str, str]]]:
     return last, rows
 
 
+def check_cells(cells: list[Cell]) -> None:
+    """Parse every cell's full ``mmkit fit`` arguments (one seed per config and normalizer: the
+    seed changes nothing else) before anything runs: a typo in the grid's ``args`` or a broken
+    overlay is one line naming the cell, not a failure of every cell in turn."""
+    from ..cli import check_arguments  # the CLI sits above the ablation runner
+
+    seen = set()
+    for cell in cells:
+        if (cell.config, cell.overlay) in seen:
+            continue
+        seen.add((cell.config, cell.overlay))
+        try:
+            check_arguments(["fit", *cell.cli_args()])
+        except Exception as err:
+            text = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(f"cell {cell.id} would fail: {text}") from err
+
+
 def run_in_process(cell: Cell, display: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """``mmkit fit`` then ``mmkit test`` for ``cell`` in this process; returns its result."""
     from ..cli import MMKitCLI  # the CLI sits above the ablation runner
