@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Literal
@@ -176,6 +177,7 @@ class ImageDataModule(LightningDataModule):
             raise FileNotFoundError(
                 f"imagefolder data not found: expected {path}/<class>/<image> (the ImageNet "
                 f"layout with train/ and val/ under data.root={self.root})")
+        _check_no_symlink_loop(path)
         return path
 
     # ---------------------------------------------------------------- splits
@@ -217,6 +219,8 @@ class ImageDataModule(LightningDataModule):
             self.test_set = (datasets.ImageFolder(test_dir, transform=eval_tf, loader=load_image)
                              if test_dir.is_dir() else self.val_set)
             self.info = dict(self.info, classes=len(self.train_set.classes))
+            for split, folder in (("val", self.val_set), ("test", self.test_set)):
+                _check_same_classes(self.train_set.classes, folder.classes, split, self.root)
         for name in ("train_set", "val_set", "test_set"):
             if len(getattr(self, name)) == 0:
                 raise ValueError(f"the {name.replace('_set', '')} split of {self.dataset} is "
@@ -249,3 +253,27 @@ class ImageDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, None)  # Lightning shards predict
+
+
+def _check_same_classes(train: list[str], other: list[str], split: str, root: Path) -> None:
+    """Labels are the index of the class folder in sorted order, so every split must have the
+    training split's class folders, or a label would name another class."""
+    if other == train:
+        return
+    missing, extra = sorted(set(train) - set(other)), sorted(set(other) - set(train))
+    raise ValueError(f"the {split} split under {root} has other class folders than train/ (missing: "
+                     f"{', '.join(missing[:5]) or 'none'}; extra: {', '.join(extra[:5]) or 'none'}); labels "
+                     "are numbered by sorted folder name, so every split needs the same class folders")
+
+
+def _check_no_symlink_loop(root: Path) -> None:
+    """ImageFolder follows symlinks; one that points back to a folder above it would list the
+    same images again and again."""
+    seen: set[str] = set()
+    for folder, subfolders, _ in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            raise ValueError(f"{folder} leads to {real}, which is listed already (a symlink loop, or a "
+                             "second link to one folder): ImageFolder would count its images again; remove "
+                             "or replace that link")
+        seen.add(real)

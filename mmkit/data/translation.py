@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
@@ -73,8 +74,13 @@ def read_parallel(root: Path, src_lang: str, tgt_lang: str) -> dict[str, list]:
 
 
 def _lines(path: Path) -> list[str]:
+    """The file's lines, split at newlines only (as `wc -l` and fairseq count them): a form
+    feed, a lone carriage return or U+2028 inside a line must not shift the alignment."""
     try:
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = path.read_bytes().decode("utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline that ends the file
+        return [line.strip() for line in lines]
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); convert it "
                          "to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
@@ -159,7 +165,15 @@ class TranslationDataModule(TokenizerState, LightningDataModule):
             tgt = [e.ids for e in self.tokenizer.encode_batch([t for _, t in split_pairs])]
             rows = list(zip(src, tgt))
             if split == "train":
-                rows = [(s, t) for s, t in rows if len(t) + 1 <= limit]
+                kept = [(s, t) for s, t in rows if len(t) + 1 <= limit]
+                if not kept:
+                    raise ValueError(f"all {len(rows)} training pairs have targets longer than "
+                                     f"max_tokens_per_sentence={limit} tokens; raise "
+                                     "data.max_tokens_per_sentence")
+                if len(kept) < len(rows):
+                    rank_zero_warn(f"{len(rows) - len(kept)} of {len(rows)} training pairs have targets "
+                                   f"longer than max_tokens_per_sentence={limit} tokens and are left out")
+                rows = kept
             self.encoded[split] = rows
 
     def collate(self, rows: list[tuple]) -> dict[str, torch.Tensor]:

@@ -79,3 +79,25 @@ def test_imagefolder_layout(tmp_path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ImageDataModule(**kwargs)
+
+
+def _folder(root, splits):
+    for split, classes in splits.items():
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (10, 20, 30)).save(root / split / cls / "0.png")
+
+
+def test_imagefolder_splits_must_share_their_classes(tmp_path):
+    _folder(tmp_path, {"train": ["cat", "dog"], "val": ["cat", "cow"]})
+    dm = ImageDataModule("imagefolder", root=str(tmp_path), img_size=8)
+    with pytest.raises(ValueError, match=r"val split .* other class folders than train/ "
+                                         r"\(missing: dog; extra: cow"):
+        dm.setup()
+
+
+def test_imagefolder_symlink_loop_is_refused(tmp_path):
+    _folder(tmp_path, {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    (tmp_path / "train" / "cat" / "again").symlink_to(tmp_path / "train")
+    with pytest.raises(ValueError, match="symlink loop"):
+        ImageDataModule("imagefolder", root=str(tmp_path), img_size=8).prepare_data()

@@ -62,3 +62,33 @@ def test_over_long_training_pairs_are_dropped(tmp_path):
                                vocab_size=300, max_tokens_per_sentence=20)
     dm.setup()
     assert len(dm.encoded["train"]) == 1
+
+
+def test_lines_split_at_newlines_only(tmp_path):
+    """A form feed, a lone carriage return or U+2028 inside a line does not shift the alignment."""
+    src = ["eins", "zwei\x0cdrei", "vier\u2028fünf", "sechs\rsieben", "acht"]
+    tgt = ["one", "two three", "four five", "six seven", "eight"]
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.de").write_bytes(("\n".join(src) + "\r\n").encode())  # CRLF at the end too
+        (tmp_path / f"{split}.en").write_text("\n".join(tgt) + "\n")
+    dm = TranslationDataModule("parallel", root=str(tmp_path), src_lang="de", tgt_lang="en", vocab_size=300)
+    dm.setup()
+    assert dm.references("test") == tgt
+    assert [s for s, _ in dm.pairs["test"]][1:4] == ["zwei\x0cdrei", "vier\u2028fünf", "sechs\rsieben"]
+
+
+def test_training_pairs_over_the_length_limit_are_counted_or_refused(tmp_path):
+    long = " ".join(f"w{i}" for i in range(40))
+    write_pair(tmp_path, "train", ["kurz", "lang"], ["short", long])
+    for split in ("valid", "test"):
+        write_pair(tmp_path, split, ["kurz"], ["short"])
+    dm = TranslationDataModule("parallel", root=str(tmp_path), src_lang="de", tgt_lang="en", vocab_size=300,
+                               max_tokens_per_sentence=8)
+    with pytest.warns(UserWarning, match="1 of 2 training pairs have targets longer than"):
+        dm.setup()
+    assert len(dm.encoded["train"]) == 1
+    write_pair(tmp_path, "train", ["lang"], [long])
+    dm = TranslationDataModule("parallel", root=str(tmp_path), src_lang="de", tgt_lang="en", vocab_size=300,
+                               max_tokens_per_sentence=8)
+    with pytest.raises(ValueError, match="all 1 training pairs have targets longer than"):
+        dm.setup()
