@@ -24,7 +24,7 @@ from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
 from .callbacks import GracefulStop, Interrupted, NonFiniteGuard, PredictionsCSV, stop_requested
@@ -34,10 +34,17 @@ from .checkpointing import (
     install_atomic_checkpoint_io,
     read_checkpoint,
 )
-from .cli_errors import ConfigError, check_config_files, check_output_dir, one_line, summarize_parse_error
+from .cli_errors import (
+    ConfigError,
+    check_config_files,
+    check_output_dir,
+    check_trainer_values,
+    one_line,
+    summarize_parse_error,
+)
 from .provenance import ProvenanceRecord, definition, optimizer_spec, plain
 from .resume import ExactResume, RecipeOnResume
-from .runs import RunConfigRecord, resolve_checkpoint
+from .runs import RunConfigRecord, check_run_dirs, resolve_checkpoint
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.loggers.CSVLogger",
@@ -47,7 +54,8 @@ DESCRIPTION = ("mmkit: train and evaluate models with a pluggable attention/outp
                "(softmax, sparsemax, entmax15, entmax, multimax). `mmkit ablate -c <grid.yaml>` runs "
                "a normalizer x seed grid; `mmkit demo` prints every normalizer on the MultiMax "
                "paper's Figure 1 input.")
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+               MisconfigurationException)  # Lightning's own checks of trainer and callback options
 SPECIAL_CKPT = ("last", "best", "hpc", "registry")  # --ckpt_path values that are not file names
 OUTPUT_OPTIONS = ("trainer.default_root_dir", "trainer.logger.init_args.save_dir", "checkpoint.dirpath")
 
@@ -143,6 +151,8 @@ class MMKitCLI(LightningCLI):
                 value = None
             if isinstance(value, (str, os.PathLike)):
                 check_output_dir(value, option)
+        check_run_dirs(config)
+        check_trainer_values(config.get("trainer"))
         self.definition, self.optimizer = definition(config), optimizer_spec(config)
         resolve_checkpoint(config, self.definition, self.subcommand, trust=_trusted(config),
                            optimizer=self.optimizer)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 from jsonargparse import ArgumentError
+
+SECTIONS = ("trainer", "model", "data", "checkpoint", "nan_guard")  # mappings in an mmkit config
 
 
 class ConfigError(Exception):
@@ -58,7 +61,7 @@ def check_config_files(args: list[str]) -> None:
             raise ValueError(f"config {path} is a directory; pass a YAML file with -c")
         try:
             with open(path, encoding="utf-8") as f:
-                yaml.safe_load(f)
+                document = yaml.safe_load(f)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -67,6 +70,24 @@ def check_config_files(args: list[str]) -> None:
                              "(indentation, brackets, quotes, a ':' after each key)") from None
         except UnicodeDecodeError:
             raise ValueError(f"config {path} is not UTF-8 text; save it as UTF-8") from None
+        for section in SECTIONS:
+            value = document.get(section) if isinstance(document, dict) else None
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"config {path}: `{section}` must be a mapping of options (e.g. "
+                                 f"`{section}: {{...}}`), got {value!r}")
+
+
+def check_trainer_values(trainer: Any) -> None:
+    """Trainer values that Lightning would take without complaint, or fail on with a traceback."""
+    if trainer is None:
+        return
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval <= 0:
+        raise ValueError(f"trainer.val_check_interval must be positive (steps, or a fraction of an epoch), "
+                         f"got {interval}; null validates once per epoch")
+    clip = trainer.get("gradient_clip_val")
+    if isinstance(clip, (int, float)) and clip < 0:
+        raise ValueError(f"trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got {clip}")
 
 
 def check_output_dir(path: str | os.PathLike, option: str) -> None:

@@ -57,6 +57,18 @@ def pin_version(config: Namespace, version: str) -> None:
             init.version = version
 
 
+def check_run_dirs(config: Namespace) -> None:
+    """Every logger's run directory (``save_dir/name[/version]``) can be created: no part of it
+    is a file. Checked before anything is written."""
+    from .cli_errors import check_output_dir
+
+    for init in logger_args(config):
+        path = _root(init)
+        if init.get("version") is not None:
+            path = path / _version_dir(init.version)
+        check_output_dir(path, "trainer.logger (save_dir/name/version)")
+
+
 def share_version(config: Namespace) -> None:
     """Give the loggers of a new run one version: the first ``version_<n>`` free under all of
     their directories (each would otherwise count its own directory)."""

@@ -249,6 +249,25 @@ CASES: dict[str, Case] = {
     "test-last-without-a-matching-run": (lambda t: ["test", *vit(t)[1:], "--ckpt_path=last"],
                                          ("--ckpt_path last: no run under", "was trained with this config",
                                           "version_0: checkpoint", "is unreadable")),
+    # --- Lightning's own option checks, and values it would misread -------------------------
+    "negative-max-epochs": (lambda t: [*vit(t), "--trainer.max_epochs=-5"],
+                            ("`max_epochs` must be a non-negative integer or -1",)),
+    "unknown-checkpoint-mode": (lambda t: [*vit(t), "--checkpoint.mode=maximum"],
+                                ("`mode` can be min, max but got maximum",)),
+    "accelerator-not-available": (lambda t: [*vit(t), "--trainer.accelerator=cuda"],
+                                  ("`CUDAAccelerator` can not run on your system",)),
+    "zero-val-check-interval": (lambda t: [*vit(t), "--trainer.val_check_interval=0"],
+                                ("trainer.val_check_interval must be positive",)),
+    "negative-gradient-clip": (lambda t: [*vit(t), "--trainer.gradient_clip_val=-1"],
+                               ("trainer.gradient_clip_val must be >= 0",)),
+    "config-section-not-a-mapping": (lambda t: [*vit(t), "-c", str(write(t / "s.yaml", "trainer: 3\n"))],
+                                     ("`trainer` must be a mapping of options", "got 3")),
+    "abstract-normalizer-class": (
+        lambda t: [*vit(t), "--model.network.normalizer=mmkit.normalizers.Normalizer"],
+        ("is not a normalizer", "the base class normalizes nothing")),
+    "logger-name-is-a-file": (
+        lambda t: [*vit(t), f"--trainer.logger.init_args.name={write(t / 'f.txt', 'x')}"],
+        ("cannot create the output directory", "is a file")),
     # --- output directory not writable -------------------------------------------------------
     "log-dir-below-a-file": (
         lambda t: [*vit(t), f"--trainer.logger.init_args.save_dir={under_a_file(t, 'logs')}"],
