@@ -246,6 +246,9 @@ def _ablate(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["demo"]:
+        if len(args) > 1:
+            sys.stderr.write(f"mmkit: error: `mmkit demo` takes no arguments, got {' '.join(args[1:])}\n")
+            return 2
         return _demo()
     try:
         if args[:1] == ["ablate"]:

@@ -14,6 +14,22 @@ from jsonargparse import ArgumentError
 SECTIONS = ("trainer", "model", "data", "checkpoint", "nan_guard")  # mappings in an mmkit config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (YAML
+    would silently keep the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 class ConfigError(Exception):
     """A command line or config file that does not parse (one line, exit 2; not a ValueError,
     so that no parsing code on the way up mistakes it for one of its own)."""
@@ -61,7 +77,7 @@ def check_config_files(args: list[str]) -> None:
             raise ValueError(f"config {path} is a directory; pass a YAML file with -c")
         try:
             with open(path, encoding="utf-8") as f:
-                document = yaml.safe_load(f)
+                document = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -268,6 +268,12 @@ CASES: dict[str, Case] = {
     "logger-name-is-a-file": (
         lambda t: [*vit(t), f"--trainer.logger.init_args.name={write(t / 'f.txt', 'x')}"],
         ("cannot create the output directory", "is a file")),
+    "duplicate-yaml-key": (lambda t: [*vit(t), "-c", str(write(t / "d.yaml", "trainer:\n  max_epochs: 3\n"
+                                                                           "  max_epochs: 5\n"))],
+                           ("the key 'max_epochs' is given twice (first on line 2)",)),
+    "empty-prompt-list": (lambda t: lm(t, "corpus=pydoc", "prompts=[]"), ("data.prompts is an empty list",)),
+    "demo-with-arguments": (lambda t: ["demo", "--normalizer=multimax"],
+                            ("`mmkit demo` takes no arguments",)),
     # --- output directory not writable -------------------------------------------------------
     "log-dir-below-a-file": (
         lambda t: [*vit(t), f"--trainer.logger.init_args.save_dir={under_a_file(t, 'logs')}"],

@@ -88,6 +88,9 @@ class TextDataModule(TokenizerState, LightningDataModule):
                 raise ValueError(f"{name} must be positive, got {value}")
         if not 0 < eval_fraction < 0.5:
             raise ValueError(f"eval_fraction must be in (0, 0.5), got {eval_fraction}")
+        if prompts is not None and not prompts:
+            raise ValueError("data.prompts is an empty list; give at least one prompt, or leave it unset "
+                             "(null) to continue the first test line")
         self.save_hyperparameters()
         self.corpus, self.root, self.kind, self.max_vocab = corpus, root, tokenizer, vocab_size
         self.tokenizer_path = tokenizer_path
