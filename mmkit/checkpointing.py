@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -93,11 +94,37 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(temp)
+        cause = _os_error(err)
+        if cause is not None:  # torch reports a failed write as "unexpected pos ..."
+            raise CheckpointWriteError(path, cause) from err
         raise
     _fsync_dir(directory)
+
+
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (disk full, file-size or quota limit, ...); the
+    previous checkpoint at that path is intact."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError) -> None:
+        name = errno.errorcode.get(cause.errno or 0, "")
+        hint = {errno.ENOSPC: "free space on that device", errno.EDQUOT: "free space in your quota",
+                errno.EFBIG: "raise the file-size limit (ulimit -f)"}.get(cause.errno or 0, "check that path")
+        super().__init__(f"could not write the checkpoint {path}: {cause.strerror or cause} ({name}); the "
+                         f"previous checkpoint there is intact; {hint}, or set checkpoint.dirpath elsewhere, "
+                         "then resume with --ckpt_path last")
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The ``OSError`` behind ``err`` (itself, its cause or its context), if any."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -219,3 +220,24 @@ def test_a_resume_applies_the_configs_optimizer_settings_and_refuses_another_opt
     assert main([*vit_run(tmp_path, "recipe", "--trainer.max_epochs=3", sgd), "--ckpt_path=last"]) == 2
     err = capsys.readouterr().err
     assert "trained with the optimizer torch.optim.AdamW and this config asks for torch.optim.SGD" in err
+
+
+def _small_file_limit() -> None:  # in the child: writes past 64 KiB fail with EFBIG
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_previous(tmp_path):
+    assert main(vit_run(tmp_path, "full", "--trainer.max_epochs=1")) == 0
+    last = tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    assert len(before) > 64 * 1024
+    command = [sys.executable, "-m", "mmkit.cli", *vit_run(tmp_path, "full"), "--ckpt_path=last"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_small_file_limit)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"mmkit: error: could not write the checkpoint {last}: File too large (EFBIG)")
+    assert "the previous checkpoint there is intact" in line
+    assert last.read_bytes() == before
+    assert not list(last.parent.glob(".mmkit-partial-*"))
