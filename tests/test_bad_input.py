@@ -274,6 +274,11 @@ CASES: dict[str, Case] = {
     "empty-prompt-list": (lambda t: lm(t, "corpus=pydoc", "prompts=[]"), ("data.prompts is an empty list",)),
     "demo-with-arguments": (lambda t: ["demo", "--normalizer=multimax"],
                             ("`mmkit demo` takes no arguments",)),
+    "missing-predict-file": (
+        lambda t: [*mt(t, parallel_dir(t)), f"--data.init_args.predict_file={t / 'in.en'}"],
+        ("data.predict_file", "in.en does not exist")),
+    "predict-file-is-a-directory": (lambda t: [*mt(t, parallel_dir(t)), f"--data.init_args.predict_file={t}"],
+                                    ("data.predict_file", "is a directory")),
     # --- output directory not writable -------------------------------------------------------
     "log-dir-below-a-file": (
         lambda t: [*vit(t), f"--trainer.logger.init_args.save_dir={under_a_file(t, 'logs')}"],

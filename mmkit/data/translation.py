@@ -121,6 +121,10 @@ class TranslationDataModule(TokenizerState, LightningDataModule):
                 raise ValueError(f"{name} must be positive, got {value}")
         if corpus == "parallel" and root is None:
             raise ValueError("corpus 'parallel' needs data.root (the directory of train.<lang> ...)")
+        if predict_file is not None and not Path(predict_file).is_file():
+            what = "is a directory" if Path(predict_file).is_dir() else "does not exist"
+            raise FileNotFoundError(f"data.predict_file {predict_file} {what}; give the text file to "
+                                    "translate, one sentence per line")
         self.save_hyperparameters()
         self.hp = self.hparams
         self.tokenizer: Tokenizer | None = None
