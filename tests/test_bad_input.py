@@ -264,7 +264,7 @@ CASES: dict[str, Case] = {
                                      ("`trainer` must be a mapping of options", "got 3")),
     "abstract-normalizer-class": (
         lambda t: [*vit(t), "--model.network.normalizer=mmkit.normalizers.Normalizer"],
-        ("is not a normalizer", "the base class normalizes nothing")),
+        ("is not a normalizer but their base class, which normalizes nothing",)),
     "logger-name-is-a-file": (
         lambda t: [*vit(t), f"--trainer.logger.init_args.name={write(t / 'f.txt', 'x')}"],
         ("cannot create the output directory", "is a file")),

@@ -45,9 +45,11 @@ def normalizer_class(name: str) -> type[Normalizer]:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot import normalizer class {name!r}: {err}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Normalizer)) or cls is Normalizer:
-            raise ValueError(f"{name!r} is not a normalizer: give a subclass of mmkit.normalizers.Normalizer "
-                             f"(the base class normalizes nothing), e.g. one of {', '.join(NORMALIZERS)}")
+        if not (isinstance(cls, type) and issubclass(cls, Normalizer)):
+            raise ValueError(f"{name!r} is not a subclass of mmkit.normalizers.Normalizer")
+        if cls is Normalizer:
+            raise ValueError(f"{name!r} is not a normalizer but their base class, which normalizes nothing; "
+                             f"give a subclass, e.g. one of {', '.join(NORMALIZERS)}")
         return cls
     raise ValueError(
         f"unknown normalizer {name!r}; choose one of {', '.join(NORMALIZERS)} "
