@@ -217,7 +217,7 @@ def _few(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + more
 
 
-def _config_hint(path: Path) -> str:
+def config_hint(path: Path) -> str:
     """Where the config that wrote ``path`` probably lives (``<run>/checkpoints/x.ckpt``)."""
     saved = path.resolve().parent.parent / "config.yaml"
     if path.parent.name == "checkpoints" and saved.is_file():
@@ -297,7 +297,7 @@ def check_checkpoint(path: str | os.PathLike, model: LightningModule, fitting: b
     if problems:
         reason = _likely_reason(missing + unexpected + mismatched)
         raise ValueError(f"checkpoint {path} does not fit this model: {'; '.join(problems)}; {reason}: "
-                         f"{_config_hint(Path(path))}, or pass a checkpoint of this model")
+                         f"{config_hint(Path(path))}, or pass a checkpoint of this model")
     if fitting and weights_only:
         raise ValueError(f"checkpoint {path} holds model weights only (saved with save_weights_only), so "
                          "`fit` cannot resume from it; use validate/test/predict, or a full checkpoint")

@@ -32,7 +32,6 @@ from .checkpointing import (
     AtomicModelCheckpoint,
     check_checkpoint,
     install_atomic_checkpoint_io,
-    read_checkpoint,
 )
 from .cli_errors import (
     ConfigError,
@@ -120,8 +119,8 @@ class MMKitCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Make sure ``--ckpt_path`` names a readable checkpoint, or end with one clear line.
         Unlike Lightning's, the checkpoint's hyperparameters are not merged into the config:
-        the config is what runs, and the checkpoint must record the same definition
-        (checked in :meth:`before_instantiate_classes`)."""
+        the config is what runs, and the checkpoint is read and checked against it in
+        :meth:`before_instantiate_classes`."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         ckpt_path = config.get("ckpt_path") if config is not None else None
@@ -132,8 +131,6 @@ class MMKitCLI(LightningCLI):
                 and not ckpt_path.startswith("registry") and not Path(ckpt_path).exists()):
             raise FileNotFoundError(f"checkpoint {ckpt_path} does not exist; check --ckpt_path, or use "
                                     "`--ckpt_path last` to resume the newest run of this config")
-        if ckpt_path and Path(ckpt_path).is_file():
-            read_checkpoint(ckpt_path, trust=_trusted(config))  # memory-mapped; raises ValueError
 
     def before_instantiate_classes(self) -> None:
         """Check that the output directories can be written (before anything is), then the

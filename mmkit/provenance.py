@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from . import __version__
-from .checkpointing import read_checkpoint
+from .checkpointing import config_hint, read_checkpoint
 from .normalizers import describe_normalizer
 
 RECORD_KEY = "mmkit"
@@ -136,47 +136,6 @@ def few(items: list[str]) -> str:
     return "; ".join(items[:SHOWN]) + more
 
 
-def read_definition(path: str | Path, trust: bool = False) -> dict[str, Any] | None:
-    ckpt = read_checkpoint(path, trust=trust)
-    try:
-        return recorded_definition(ckpt)
-    finally:
-        del ckpt  # drop the memory map
-
-
-def _config_of(path: Path) -> str:
-    saved = path.resolve().parent.parent / "config.yaml"
-    if path.parent.name == "checkpoints" and saved.is_file():
-        return f"rerun with the config it was trained with (-c {saved})"
-    return "rerun with the config it was trained with"
-
-
-def verify_checkpoint(path: str | Path, wanted: dict[str, Any], trust: bool = False) -> None:
-    """Raise one ``ValueError`` when the checkpoint at ``path`` records a definition other
-    than ``wanted``; warn when it records none (it is then checked only by its weights)."""
-    recorded = read_definition(path, trust=trust)
-    if recorded is None:
-        rank_zero_warn(f"checkpoint {path} records no run definition (it was not written by this "
-                       "version of `mmkit fit`): it is checked only by its weights' names and shapes")
-        return
-    found = differences(recorded, wanted)
-    if found:
-        raise ValueError(f"checkpoint {path} was trained as a different model than this config asks for: "
-                         f"{few(found)}; {_config_of(Path(path))}, or pass a checkpoint of this model")
-
-
-def describe_mismatch(path: Path, wanted: dict[str, Any]) -> str | None:
-    """``None`` when ``path`` records ``wanted``; else why not (for listings)."""
-    try:
-        recorded = read_definition(path)
-    except ValueError as err:
-        return str(err).split(";")[0]
-    if recorded is None:
-        return "records no run definition"
-    found = differences(recorded, wanted)
-    return found[0] + (f" (+{len(found) - 1} more)" if len(found) > 1 else "") if found else None
-
-
 def optimizer_spec(config: Namespace) -> dict[str, Any] | None:
     """The config's ``model.init_args.optimizer`` (class path and init args), if any."""
     init = (plain(config.get("model")) or {}).get("init_args") or {}
@@ -189,20 +148,49 @@ def recorded_optimizer(ckpt: dict[str, Any]) -> dict[str, Any] | None:
     return ((record.get("recipe") or {}).get("optimizer") if isinstance(record, dict) else None) or None
 
 
-def verify_optimizer(path: str | Path, optimizer: dict[str, Any] | None, trust: bool = False) -> None:
-    """A resumed fit continues the checkpoint's optimizer state, so the optimizer class must be
-    the one it recorded (its hyperparameters may change: :class:`mmkit.resume.RecipeOnResume`)."""
+def read_definition(path: str | Path, trust: bool = False) -> dict[str, Any] | None:
     ckpt = read_checkpoint(path, trust=trust)
     try:
-        old = recorded_optimizer(ckpt)
+        return recorded_definition(ckpt)
     finally:
-        del ckpt
-    if not old or not optimizer or old.get("class_path") == optimizer.get("class_path"):
+        del ckpt  # drop the memory map
+
+
+def verify_checkpoint(path: str | Path, wanted: dict[str, Any], trust: bool = False,
+                      optimizer: dict[str, Any] | None = None) -> None:
+    """Raise one ``ValueError`` when the checkpoint at ``path`` records a definition other
+    than ``wanted`` or, given the config's ``optimizer`` (a resumed fit), another optimizer
+    class; warn when it records no definition (it is then checked only by its weights)."""
+    ckpt = read_checkpoint(path, trust=trust)
+    try:
+        recorded, old = recorded_definition(ckpt), recorded_optimizer(ckpt)
+    finally:
+        del ckpt  # drop the memory map
+    if recorded is None:
+        rank_zero_warn(f"checkpoint {path} records no run definition (it was not written by this "
+                       "version of `mmkit fit`): it is checked only by its weights' names and shapes")
         return
-    was, now = old.get("class_path"), optimizer.get("class_path")
-    raise ValueError(f"checkpoint {path} was trained with the optimizer {was} and this config asks for "
-                     f"{now}: its optimizer state cannot carry over; resume with {was} (its lr, weight "
-                     "decay, ... may change), or start a new run")
+    found = differences(recorded, wanted)
+    if found:
+        raise ValueError(f"checkpoint {path} was trained as a different model than this config asks for: "
+                         f"{few(found)}; {config_hint(Path(path))}, or pass a checkpoint of this model")
+    if old and optimizer and old.get("class_path") != optimizer.get("class_path"):
+        was, now = old.get("class_path"), optimizer.get("class_path")
+        raise ValueError(f"checkpoint {path} was trained with the optimizer {was} and this config asks for "
+                         f"{now}: its optimizer state cannot carry over; resume with {was} (its lr, weight "
+                         "decay, ... may change), or start a new run")
+
+
+def describe_mismatch(path: Path, wanted: dict[str, Any]) -> str | None:
+    """``None`` when ``path`` records ``wanted``; else why not (for listings)."""
+    try:
+        recorded = read_definition(path)
+    except ValueError as err:
+        return str(err).split(";")[0]
+    if recorded is None:
+        return "records no run definition"
+    found = differences(recorded, wanted)
+    return found[0] + (f" (+{len(found) - 1} more)" if len(found) > 1 else "") if found else None
 
 
 class ProvenanceRecord(Callback):

@@ -39,6 +39,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from .provenance import recorded_optimizer
+
 
 def rng_states() -> dict[str, Any]:
     """This process's RNG states: torch CPU, CUDA (when initialized), numpy and ``random``,
@@ -215,7 +217,7 @@ class RecipeOnResume(Callback):
     rate and the schedulers' ``base_lrs`` (so the schedule continues from the same step at
     the new scale), any other (``weight_decay``, ``betas``, ``momentum``, ...) in the groups
     that held the old value (a no-decay group keeps its 0). The optimizer class cannot change
-    (:func:`mmkit.provenance.verify_optimizer` refuses it before the run starts).
+    (:func:`mmkit.provenance.verify_checkpoint` refuses it before the run starts).
 
     Args:
         optimizer: the config's optimizer spec (``class_path`` and ``init_args``).
@@ -228,8 +230,6 @@ class RecipeOnResume(Callback):
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        from .provenance import recorded_optimizer
-
         self._restored = recorded_optimizer(checkpoint)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -26,7 +26,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .checkpointing import pid_alive, slurm_hpc_checkpoint
-from .provenance import describe_mismatch, few, verify_checkpoint, verify_optimizer
+from .cli_errors import check_output_dir
+from .provenance import describe_mismatch, few, verify_checkpoint
 
 VERSION_DIR = re.compile(r"^version_(\d+)$")
 
@@ -60,8 +61,6 @@ def pin_version(config: Namespace, version: str) -> None:
 def check_run_dirs(config: Namespace) -> None:
     """Every logger's run directory (``save_dir/name[/version]``) can be created: no part of it
     is a file. Checked before anything is written."""
-    from .cli_errors import check_output_dir
-
     for init in logger_args(config):
         path = _root(init)
         if init.get("version") is not None:
@@ -103,8 +102,9 @@ def _candidates(config: Namespace) -> tuple[list[Path], str]:
 def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], stage: str, trust: bool,
                        optimizer: dict[str, Any] | None = None) -> None:
     """Check the checkpoint the command will load against ``wanted`` (the config's definition)
-    before anything is built or written; resolve ``last``. ``validate``, ``test`` and ``predict``
-    need a checkpoint unless ``allow_untrained`` is set. Raises ``ValueError`` (one line)."""
+    and, for a resumed fit, ``optimizer`` (its class), before anything is built or written;
+    resolve ``last`` and ``hpc``. ``validate``, ``test`` and ``predict`` need a checkpoint unless
+    ``allow_untrained`` is set. Raises ``ValueError`` (one line)."""
     fitting = stage == "fit"
     ckpt_path = config.get("ckpt_path")
     if ckpt_path is None and not fitting and not config.get("allow_untrained"):
@@ -113,24 +113,29 @@ def resolve_checkpoint(config: Namespace, wanted: dict[str, Any], stage: str, tr
                          "evaluates the randomly initialised model on purpose)")
     hpc = slurm_hpc_checkpoint(config.trainer.get("default_root_dir"))
     if ckpt_path == "last":
-        _resolve_last(config, wanted, fitting, trust, hpc)
-    elif ckpt_path in (None, "hpc") and hpc is not None and fitting:
-        verify_checkpoint(hpc, wanted, trust)  # Lightning loads it by itself under SLURM
+        _resolve_last(config, wanted, fitting, hpc)
+    elif ckpt_path == "hpc" or (ckpt_path is None and fitting and hpc is not None):
+        # (a fit under SLURM loads a hpc checkpoint by itself: name it, so that it is checked)
+        if hpc is None:
+            root = config.trainer.get("default_root_dir")
+            raise ValueError(f"--ckpt_path hpc: no hpc_ckpt_*.ckpt in {root} (or not running under "
+                             "SLURM); pass --ckpt_path <file> or last")
         config.ckpt_path = str(hpc)
-    elif ckpt_path is not None and os.path.isfile(ckpt_path):
-        verify_checkpoint(ckpt_path, wanted, trust)
-    resumed = config.get("ckpt_path")
-    if fitting and resumed and os.path.isfile(resumed):
-        verify_optimizer(resumed, optimizer, trust)
-    if resumed is None:
+    chosen = config.get("ckpt_path")
+    if chosen is None:
         share_version(config)
+    elif os.path.isfile(chosen):
+        verify_checkpoint(chosen, wanted, trust, optimizer=optimizer if fitting else None)
+    else:  # a remote URL, or Lightning's "best" / "registry": nothing here can read it first
+        rank_zero_warn(f"--ckpt_path {chosen} is not a local file: mmkit cannot check it against this "
+                       "config before Lightning loads it")
 
 
-def _resolve_last(config: Namespace, wanted: dict[str, Any], fitting: bool, trust: bool,
-                  hpc: Path | None) -> None:
-    """``last``: the newest matching candidate, or the newer SLURM hpc checkpoint. Without
-    one, ``fit`` starts a new run (with a warning when other runs are there), unless it would
-    share an explicit ``checkpoint.dirpath`` with another run's checkpoints."""
+def _resolve_last(config: Namespace, wanted: dict[str, Any], fitting: bool, hpc: Path | None) -> None:
+    """``last``: the newest matching candidate, or the newer SLURM hpc checkpoint (checked by
+    the caller). Without one, ``fit`` starts a new run (with a warning when other runs are
+    there), unless it would share an explicit ``checkpoint.dirpath`` with another run's
+    checkpoints."""
     dirpath = (config.get("checkpoint") or {}).get("dirpath")
     candidates, where = _candidates(config)
     found, others = None, []
@@ -141,8 +146,7 @@ def _resolve_last(config: Namespace, wanted: dict[str, Any], fitting: bool, trus
             break
         others.append(f"{path if dirpath else path.parent.parent.name}: {why}")
     if hpc is not None and (found is None or hpc.stat().st_mtime >= found.stat().st_mtime):
-        verify_checkpoint(hpc, wanted, trust)  # a requeued SLURM job: the newer save wins
-        config.ckpt_path = str(hpc)
+        config.ckpt_path = str(hpc)  # a requeued SLURM job: the newer save wins
         return
     if found is not None:
         config.ckpt_path = str(found)

@@ -231,3 +231,15 @@ def test_checkpoints_of_a_cli_built_without_a_subcommand_record_the_definition(t
     last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     record = torch.load(last, weights_only=True)["mmkit"]["definition"]
     assert record["network"]["init_args"]["output_normalizer"] == "entmax15"
+
+
+def test_ckpt_path_hpc_without_one_is_an_error_and_a_remote_path_is_flagged(tmp_path, capsys):
+    assert main(["test", *args(tmp_path), "--ckpt_path=hpc"]) == 2
+    assert "--ckpt_path hpc: no hpc_ckpt_*.ckpt" in capsys.readouterr().err
+    from jsonargparse import Namespace
+
+    from mmkit.runs import resolve_checkpoint
+
+    config = Namespace(ckpt_path="s3://bucket/run/last.ckpt", trainer=Namespace(default_root_dir=None))
+    with pytest.warns(UserWarning, match="is not a local file: mmkit cannot check it"):
+        resolve_checkpoint(config, {"task": "T"}, "test", trust=False)

@@ -86,13 +86,12 @@ def _last_record(cell: Cell) -> dict[str, Any]:
         del ckpt
 
 
-def test_checkpoint(cell: Cell) -> Path:
-    """The checkpoint to test: the monitored best (recorded in ``last.ckpt``) or last."""
-    last = cell.ckpt_dir / "last.ckpt"
-    best = _last_record(cell)["best"]
+def test_checkpoint(cell: Cell, record: dict[str, Any]) -> Path:
+    """The checkpoint to test: the monitored best (``record`` of ``last.ckpt``) or last."""
+    best = record["best"]
     if cell.spec.test_ckpt == "best" and best and Path(best).is_file():
         return Path(best)
-    return last
+    return cell.ckpt_dir / "last.ckpt"
 
 
 def read_metrics(path: Path) -> tuple[dict[str, float], list[dict[str, str]]]:
@@ -144,11 +143,12 @@ def run_in_process(cell: Cell, display: list[str] | tuple[str, ...] = ()) -> dic
     try:
         resume = resume_checkpoint(cell) if how == "resume" else None
         MMKitCLI(args=["fit", *cell.cli_args(display), *([f"--ckpt_path={resume}"] if resume else [])])
-        ckpt = test_checkpoint(cell)
+        record = _last_record(cell)  # the test leaves last.ckpt as the fit wrote it
+        ckpt = test_checkpoint(cell, record)
         tested = MMKitCLI(args=["test", *cell.cli_args(display), f"--ckpt_path={ckpt}"])
         test_metrics = {k: float(v) for output in tested.results or [] for k, v in output.items()
                         if k.startswith("test/")}
-        val_metrics = _last_record(cell)["val_metrics"]
+        val_metrics = record["val_metrics"]
     except (Exception, SystemExit, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else stop_requested()
         if signum is not None:  # a signal, not a failure: the rerun resumes the cell
