@@ -41,6 +41,7 @@ from .cli_errors import (
     one_line,
     summarize_parse_error,
 )
+from .loggers import MetricsFollowCheckpoint
 from .provenance import ProvenanceRecord, definition, optimizer_spec, plain
 from .resume import ExactResume, RecipeOnResume
 from .runs import RunConfigRecord, check_run_dirs, resolve_checkpoint
@@ -174,7 +175,7 @@ class MMKitCLI(LightningCLI):
             callbacks = [*callbacks, ExactResume()]
         self.stop = GracefulStop()
         callbacks = [*callbacks, ProvenanceRecord(self.definition, self.optimizer),
-                     RecipeOnResume(self.optimizer), self.stop]
+                     RecipeOnResume(self.optimizer), MetricsFollowCheckpoint(), self.stop]
         trainer = super()._instantiate_trainer(config, callbacks)
         install_atomic_checkpoint_io(trainer)  # crash-safe saves, unless the user brought an IO
         return trainer

@@ -41,6 +41,10 @@ RECORD_KEY = "mmkit"
 DATA_KEYS = ("dataset", "corpus", "img_size", "tokenizer", "vocab_size", "src_lang", "tgt_lang")
 SHOWN = 4  # how many differences a message names
 _UNSET = object()
+#: Network arguments that only shape how a trained model is evaluated (Transformer-XL's
+#: evaluation memory, clamping and window): they may differ between a checkpoint and the
+#: config that evaluates or resumes it.
+EVALUATION_ONLY = frozenset({"eval_mem_len", "eval_clamp_len", "eval_same_length"})
 
 
 def plain(value: Any) -> Any:
@@ -114,8 +118,8 @@ def _show(value: Any) -> str:
 
 def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """``"<field>: checkpoint <a> vs config <b>"`` for every field of the definition that
-    differs. A section the checkpoint does not record (e.g. data without hyperparameters)
-    is not compared."""
+    differs, except the network's :data:`EVALUATION_ONLY` arguments. A section the
+    checkpoint does not record (e.g. data without hyperparameters) is not compared."""
     out = []
     for section in ("task", "network", "data"):
         if recorded.get(section) is None:
@@ -124,6 +128,8 @@ def differences(recorded: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
         b = _flatten(_canonical(wanted.get(section), section), section, {})
         changed: list[str] = []
         for key in [*a, *(k for k in b if k not in a)]:
+            if section == "network" and key.rpartition(".")[2] in EVALUATION_ONLY:
+                continue
             left, right = a.get(key, _UNSET), b.get(key, _UNSET)
             if left != right and not any(key.startswith(f"{p}.") for p in changed):
                 changed.append(key)  # a normalizer's class: its arguments need not be listed

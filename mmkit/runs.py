@@ -225,15 +225,19 @@ class RunLock:
 
 class RunConfigRecord(SaveConfigCallback):
     """LightningCLI's ``SaveConfigCallback`` with an append-only run directory (see the module
-    docstring) that ``fit`` locks (:class:`RunLock`; :meth:`release` frees it). A new fit into a
-    directory that already holds another run's checkpoints is refused: two runs would share
-    one directory."""
+    docstring) that ``fit`` locks (:class:`RunLock`; :meth:`release` frees it). Nothing is
+    written before the task's ``check_data()`` accepts the data. A new fit into a directory
+    that already holds another run's checkpoints is refused: two runs would share one
+    directory."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lock = RunLock()
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_data = getattr(pl_module, "check_data", None)
+        if callable(check_data):  # a model that does not fit its data: refused before any file
+            check_data()
         if self.already_saved or not self.save_to_log_dir:
             return super().setup(trainer, pl_module, stage)
         log_dir = Path(trainer.log_dir)  # broadcast by Lightning

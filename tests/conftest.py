@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -14,6 +16,21 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rendezvous(monkeypatch):
+    """Each test's DDP run gets its own free port on the loopback interface. Lightning writes
+    the port of the first ``ddp_spawn`` into ``os.environ["MASTER_PORT"]``, so without this
+    every later DDP run in the session (and every subprocess a test starts) would rendezvous
+    on that one port again, racing the previous group's sockets."""
+    names = ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    yield
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ.update(saved)
 
 
 @pytest.fixture

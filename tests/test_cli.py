@@ -44,8 +44,9 @@ pytestmark = pytest.mark.usefixtures("in_tmp")
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
 def test_every_shipped_config_parses_and_instantiates(path):
     files = [MNIST, str(path)] if path.parent.name in ("normalizer", "callbacks", "trainer") else [str(path)]
-    # The WikiText-103 LMs (up to 500M parameters) are built on the meta device: fast, no memory.
-    with torch.device("meta") if "wt103" in path.name else contextlib.nullcontext():
+    # The WikiText-103 and One Billion Words LMs (up to 500M parameters) are built on the meta
+    # device: fast, no memory.
+    with torch.device("meta") if "wt103" in path.name or "lm1b" in path.name else contextlib.nullcontext():
         cli = MMKitCLI(args=[arg for f in files for arg in ("-c", f)], run=False)
     assert isinstance(cli.model, torch.nn.Module) and cli.datamodule is not None
     if path.parent.name == "normalizer":
@@ -136,7 +137,7 @@ def test_print_config(capsys):
     (["--model.network.init_args.num_classes=7"],
      "the data has 10 classes but the network outputs 7"),
     (["--data.init_args.img_size=32"],
-     "images of shape (16, 1, 32, 32) do not fit this ViT, which expects [B, 1, 28, 28]"),
+     "images of shape [B, 1, 32, 32], which do not fit this VisionTransformer: it expects [B, 1, 28, 28]"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
     assert main(["fit", "-c", MNIST, *fast(tmp_path), *args]) == 2

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
+import torch
 
 from mmkit.cli import MMKitCLI, main
 from mmkit.normalizers import NORMALIZERS
@@ -14,6 +15,7 @@ from .conftest import quiet_trainer_args
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBERS = str(ROOT / "configs/mt/numbers_en_de.yaml")
+IWSLT = str(ROOT / "configs/mt/iwslt14_de_en.yaml")
 OVERLAYS = sorted((ROOT / "configs/normalizer").glob("*.yaml"))
 
 
@@ -87,3 +89,51 @@ def test_a_checkpoint_is_refused_with_another_tokenizer(tmp_path, capsys):
     assert main(["test", "-c", NUMBERS, *other]) == 2
     err = capsys.readouterr().err
     assert "the checkpoint was trained with a different tokenizer than this run's" in err
+
+
+def test_iwslt_recipe_scores_without_bpe_markers_and_records_the_official_placement(tmp_path):
+    """The IWSLT'14 recipe on tiny BPE-split files (prepare-iwslt14.sh's layout): hypotheses,
+    references and scores lose their "@@ " markers, both BLEUs are those of the written files,
+    and the checkpoint rebuilds the official placement (softmax cross-attention)."""
+    from mmkit.normalizers import MultiMax, SoftMax
+    from mmkit.tasks import Translation
+    from mmkit.tasks.translation import remove_bpe
+
+    de = ["das ist ein ho@@ us .", "ein gro@@ ßes ho@@ us", "das haus ist klein", "ich sehe es"]
+    en = ["this is a ho@@ use .", "a big ho@@ use", "the house is sm@@ all", "i see it"]
+    root = tmp_path / "iwslt14.tokenized.de-en"
+    root.mkdir()
+    for split, n in (("train", 10), ("valid", 1), ("test", 1)):
+        (root / f"{split}.de").write_text("\n".join(de * n) + "\n")
+        (root / f"{split}.en").write_text("\n".join(en * n) + "\n")
+    overlay = str(ROOT / "configs/normalizer/multimax.yaml")
+    args = ["-c", IWSLT, "-c", overlay, "--model.network.init_args.preset=test",
+            "--model.network.init_args.vocab_size=24", "--model.network.init_args.src_vocab_size=40",
+            "--data.init_args.vocab_size=64",
+            f"--data.init_args.root={root}", "--data.init_args.max_tokens=256",
+            "--data.init_args.eval_batch_size=8", "--model.init_args.beam=2",
+            "--model.init_args.max_len_a=1.0", "--model.init_args.max_len_b=2",
+            "--trainer.precision=32", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+            "--trainer.num_sanity_val_steps=0", *quiet_trainer_args(tmp_path)]
+    fit = MMKitCLI(args=["fit", *args])
+    net = fit.model.network
+    assert net.placement == "official" and net.activation == "relu" and net.positions == "fairseq"
+    assert type(net.decoder[0].self_attn.normalizer) is MultiMax
+    assert type(net.decoder[0].cross_attn.normalizer) is SoftMax
+    data = fit.datamodule  # separate dictionaries: the English one first
+    assert data.target_vocab_size == 4 + len({w for line in en for w in line.split()}) < data.vocab_size
+    run = Path(fit.trainer.log_dir)
+    hyps = (run / "hyps.val.txt").read_text().splitlines()
+    refs = (run / "refs.val.txt").read_text().splitlines()
+    assert refs == [remove_bpe(line) for line in en] and not any("@@" in h for h in hyps)
+    with open(run / "metrics.csv") as f:
+        row = [r for r in csv.DictReader(f) if r.get("val/bleu")][0]
+    assert float(row["val/bleu"]) == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-4)
+    tok = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score
+    assert float(row["val/bleu_tok"]) == pytest.approx(tok, abs=1e-4)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    record = torch.load(ckpt, map_location="cpu", weights_only=False)["mmkit"]["definition"]
+    assert record["network"]["init_args"]["placement"] == "official"
+    loaded = Translation.load_from_checkpoint(ckpt)
+    assert loaded.network.placement == "official" and loaded.hparams.remove_bpe
+    assert type(loaded.network.decoder[0].cross_attn.normalizer) is SoftMax

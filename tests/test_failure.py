@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,44 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_previous(
     assert "the previous checkpoint there is intact" in line
     assert last.read_bytes() == before
     assert not list(last.parent.glob(".mmkit-partial-*"))
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_grid_reaches_every_running_cell(tmp_path):
+    """``jobs: 2``: SIGTERM to the grid process (what a scheduler sends) goes on to both
+    running cells, which save and are marked interrupted; the grid exits 143, leaves no cell
+    process behind, and the rerun resumes both cells."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(json.dumps({
+        "name": "g", "output_dir": str(tmp_path / "out"), "configs": [MNIST], "jobs": 2,
+        "normalizers": ["softmax", "multimax"], "normalizer_dir": str(ROOT / "configs/normalizer"),
+        "seeds": [0],
+        "args": ["--model.init_args.network.init_args.preset=test", "--data.init_args.batch_size=16",
+                 "--trainer.max_epochs=1", "--trainer.limit_train_batches=400",
+                 "--trainer.limit_val_batches=1",
+                 "--trainer.limit_test_batches=1", "--checkpoint.every_n_train_steps=2",
+                 "--trainer.enable_progress_bar=false"]}))
+    cells = [tmp_path / "out" / "g" / "cells" / f"mnist-{n}-s0" for n in ("softmax", "multimax")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    grid_run = subprocess.Popen([sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(grid)], cwd=tmp_path,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not all((c / "checkpoints" / "last.ckpt").is_file() for c in cells):  # both are training
+        assert grid_run.poll() is None and time.monotonic() < deadline, grid_run.communicate()[0][-2000:]
+        time.sleep(0.2)
+    pids = [json.loads((c / "status.json").read_text())["pid"] for c in cells]
+    grid_run.send_signal(signal.SIGTERM)
+    out = grid_run.communicate(timeout=120)[0]
+    assert grid_run.returncode == 143, out[-2000:]
+    assert "rerun the same command to resume it" in out
+    for cell, pid in zip(cells, pids):
+        status = json.loads((cell / "status.json").read_text())
+        assert status["state"] == "interrupted" and status["signal"] == "SIGTERM", status
+        with pytest.raises(ProcessLookupError):  # the cell process has ended
+            os.kill(pid, 0)
+    rerun = subprocess.run([sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(grid)], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    for cell in cells:
+        assert (cell / "run" / "config.resume-1.yaml").is_file()  # resumed, not redone
+        assert json.loads((cell / "status.json").read_text())["state"] == "done"

@@ -122,6 +122,18 @@ def test_equivalent_spellings_of_a_normalizer_are_one_definition():
     assert differences(base, entmax) == ["network.normalizer: checkpoint MultiMax vs config Entmax15"]
 
 
+def test_the_evaluation_protocol_may_differ_but_not_the_training_memory():
+    from mmkit.provenance import differences
+
+    def txl(**init):
+        return {"task": "T", "network": {"class_path": "mmkit.models.TransformerXL",
+                                         "init_args": {"vocab_size": 10, "mem_len": 16, **init}}}
+
+    trained = txl(eval_mem_len=None)
+    assert differences(trained, txl(eval_mem_len=640, eval_clamp_len=400, eval_same_length=True)) == []
+    assert differences(trained, txl(mem_len=32)) == ["network.mem_len: checkpoint 16 vs config 32"]
+
+
 def test_two_loggers_share_one_version_and_resume_together(tmp_path):
     tb = TB % (tmp_path / "tb")
     first = MMKitCLI(args=["fit", *args(tmp_path, tb)])

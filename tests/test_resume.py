@@ -1,6 +1,6 @@
 """Exact resume (issue 8): a ``mmkit fit`` SIGKILLed by its parent at some step and resumed
 with ``--ckpt_path last`` ends with the same ``last.ckpt`` weights (``torch.equal`` on every
-tensor) and the same validation metrics, every validation row, as the uninterrupted run.
+tensor) and the same metrics.csv, row for row, as the uninterrupted run.
 
 Each run is a real ``python -m mmkit.cli fit`` subprocess on the CPU, with dropout/drop-path
 and random augmentation on, so a lost RNG state, a repeated batch or a lost memory shows.
@@ -123,13 +123,13 @@ def _run_and_kill(args: list[str], save_dir: Path, at_step: int, resume: bool, w
             child.wait()
 
 
-def _val_rows(save_dir: Path) -> dict[tuple[str, str], dict[str, str]]:
-    """``(epoch, step) -> val metrics`` of every validation row (metrics.csv is appended to on
-    resume, so a row the killed run logged and the resumed one repeated counts once)."""
+def _rows(save_dir: Path) -> list[dict[str, str]]:
+    """Every row of the run's metrics.csv, in order. The killed run's rows from after its last
+    checkpoint are dropped on resume, so the resumed log must equal the uninterrupted one row
+    for row: no repeated or lost step."""
     (metrics,) = save_dir.glob("*/version_*/metrics.csv")
     with open(metrics) as f:
-        rows = [r for r in csv.DictReader(f) if any(r[k] for k in r if k.startswith("val/"))]
-    return {(r["epoch"], r["step"]): {k: v for k, v in r.items() if k.startswith("val/")} for r in rows}
+        return [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
 
 
 def _assert_same_run(reference: Path, resumed: Path) -> None:
@@ -139,7 +139,7 @@ def _assert_same_run(reference: Path, resumed: Path) -> None:
     assert got["state_dict"].keys() == ref["state_dict"].keys()
     differ = [k for k, v in ref["state_dict"].items() if not torch.equal(v, got["state_dict"][k])]
     assert not differ, f"{len(differ)} tensors differ after resume, e.g. {differ[:3]}"
-    assert _val_rows(resumed) == _val_rows(reference)
+    assert _rows(resumed) == _rows(reference)
 
 
 def _check(task: str, kill_steps: list[int], tmp_path: Path) -> None:

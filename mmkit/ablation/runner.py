@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -188,14 +189,52 @@ class CellInterrupted(Exception):
     """A signal stopped ``cell``; the grid stops too (exit status ``code``), and a rerun
     resumes the cell from its checkpoint."""
 
-    def __init__(self, cell: Cell, signum: int) -> None:
+    def __init__(self, cell: Cell | None, signum: int) -> None:
         name = signal.Signals(signum).name
-        super().__init__(f"{name} interrupted {cell.id}; rerun the same command to resume it")
+        what = cell.id if cell is not None else "the grid between two cells"
+        super().__init__(f"{name} interrupted {what}; rerun the same command to resume it")
         self.cell, self.code = cell, 128 + signum
 
 
-def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None) -> dict[str, Any]:
-    """Run ``cell`` with ``mmkit ablate --cell`` in a child process (log in ``log.txt``)."""
+class _Children:
+    """The running cell processes of :func:`run_parallel`. A SIGINT or SIGTERM to the grid is
+    passed on to each of them once (they run in their own session, so a terminal's Ctrl-C
+    reaches them only this way), and no further cell starts."""
+
+    def __init__(self) -> None:
+        self.running: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.signum: int | None = None
+
+    def start(self, cmd: list[str], log, env: dict[str, str]) -> subprocess.Popen | None:
+        with self.lock:
+            if self.signum is not None:
+                return None
+            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+            self.running.add(child)
+            return child
+
+    def wait(self, child: subprocess.Popen) -> int:
+        try:
+            return child.wait()
+        finally:
+            with self.lock:
+                self.running.discard(child)
+
+    def forward(self, signum: int, frame: Any = None) -> None:
+        with self.lock:
+            self.signum = self.signum or signum
+            for child in self.running:
+                if child.poll() is None:
+                    child.send_signal(signum)
+
+
+def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None,
+                   children: _Children | None = None) -> dict[str, Any] | None:
+    """Run ``cell`` with ``mmkit ablate --cell`` in a child process (log in ``log.txt``);
+    ``None`` when the grid was stopped before it started."""
+    children = children or _Children()
     env = dict(os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
@@ -203,12 +242,19 @@ def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None) -> dict[str,
     cmd = [sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(grid_yaml), f"--cell={cell.id}",
            "--progress_bar=false"]
     with open(cell.dir / "log.txt", "a", encoding="utf-8") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        child = children.start(cmd, log, env)
+        if child is None:
+            return None
+        code = children.wait(child)
     result = cell.result() if cell.status()["state"] == "done" else None
     if code != 0 or result is None:
         status = cell.status()
         if status["state"] == "interrupted":
             raise CellInterrupted(cell, int(signal.Signals[status["signal"]]))
+        if children.signum is not None and code < 0:  # stopped by the forwarded signal before it saved
+            cell.set_status("interrupted", signal=signal.Signals(children.signum).name,
+                            error=f"exit status {code}")
+            raise CellInterrupted(cell, children.signum)
         if status["state"] != "failed":  # killed before it could say so
             cell.set_status("failed", error=f"exit status {code}", log=str(cell.dir / "log.txt"))
         raise CellFailed(cell, cell.status().get("error", f"exit status {code}"))
@@ -217,22 +263,42 @@ def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None) -> dict[str,
 
 def run_parallel(cells: list[Cell], grid_yaml: Path, jobs: int, devices: list[str] | None,
                  on_start, on_end) -> None:
-    """Run ``cells`` in up to ``jobs`` child processes, each pinned to one of ``devices``."""
+    """Run ``cells`` in up to ``jobs`` child processes, each pinned to one of ``devices``.
+    SIGINT and SIGTERM go on to the running cells (which save and mark themselves
+    interrupted), no further cell starts, and :class:`CellInterrupted` is raised."""
     free: Queue[str | None] = Queue()
     for i in range(jobs):
         free.put(devices[i % len(devices)] if devices else None)
+    children = _Children()
 
     def work(cell: Cell) -> None:
         device = free.get()
         try:
+            if children.signum is not None:
+                return
             on_start(cell, device)
             try:
-                on_end(cell, run_subprocess(cell, grid_yaml, device), None)
+                result = run_subprocess(cell, grid_yaml, device, children)
+                if result is not None:
+                    on_end(cell, result, None)
             except CellFailed as err:
                 on_end(cell, None, err)
         finally:
             free.put(device)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(work, cell) for cell in cells]:
-            future.result()
+    handlers = {signum: signal.signal(signum, children.forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    interrupted: CellInterrupted | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for future in [pool.submit(work, cell) for cell in cells]:
+                try:
+                    future.result()
+                except CellInterrupted as err:
+                    interrupted = interrupted or err
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    if interrupted is None and children.signum is not None:  # stopped between two cells
+        interrupted = CellInterrupted(None, children.signum)
+    if interrupted is not None:
+        raise interrupted

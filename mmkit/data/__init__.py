@@ -3,6 +3,8 @@
 from .images import ImageDataModule
 from .lm import TextDataModule
 from .mnist5k import load_mnist5k
+from .repeated_aug import RepeatedAugSampler
 from .translation import TranslationDataModule
 
-__all__ = ["ImageDataModule", "TextDataModule", "TranslationDataModule", "load_mnist5k"]
+__all__ = ["ImageDataModule", "RepeatedAugSampler", "TextDataModule", "TranslationDataModule",
+           "load_mnist5k"]

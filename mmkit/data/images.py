@@ -8,6 +8,9 @@
 - ``imagefolder``: the ImageNet layout ``root/train/<class>/*.jpg``,
   ``root/val/<class>/*.jpg`` and optionally ``root/test``; validation uses ``val``,
   and testing uses ``test`` when present, ``val`` otherwise.
+
+``repeated_aug`` > 1 trains with DeiT's repeated augmentation
+(:class:`~mmkit.data.repeated_aug.RepeatedAugSampler`) instead of plain shuffling.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets
 
 from .mnist5k import load_mnist5k
+from .repeated_aug import repeated_aug_sampler
 from .sharding import RNGNeutralLoader, SeededSamples, ShardSampler, train_sampler
 from .transforms import Augment, eval_transform, train_transform
 
@@ -98,6 +102,10 @@ class ImageDataModule(LightningDataModule):
             except for digits) or ``deit`` (random resized crop, flip, RandAugment,
             random erasing).
         download: try to download CIFAR when it is missing.
+        repeated_aug: DeiT's repeated augmentation: each training sample appears this many
+            times per epoch (each copy augmented on its own, on another process), and the
+            epoch stops after about one dataset's worth of samples. 1 (default): plain
+            seeded shuffling; DeiT uses 3.
     """
 
     def __init__(
@@ -113,6 +121,7 @@ class ImageDataModule(LightningDataModule):
         split_seed: int = 0,
         augment: Augment = "light",
         download: bool = True,
+        repeated_aug: int = 1,
     ) -> None:
         super().__init__()
         if dataset not in INFO:
@@ -123,6 +132,9 @@ class ImageDataModule(LightningDataModule):
             raise ValueError(f"img_size must be positive, got {img_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if isinstance(repeated_aug, bool) or not isinstance(repeated_aug, int) or repeated_aug < 1:
+            raise ValueError(f"repeated_aug must be an integer >= 1 (1: off; DeiT uses 3), "
+                             f"got {repeated_aug!r}")
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1, "
                              f"got {val_fraction} and {test_fraction}")
@@ -132,6 +144,7 @@ class ImageDataModule(LightningDataModule):
         self.img_size = img_size or self.info["size"]
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.augment, self.download = num_workers, augment, download
+        self.repeated_aug = repeated_aug
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.train_set = self.val_set = self.test_set = None
 
@@ -242,7 +255,11 @@ class ImageDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # (index, seed) pairs: each sample's augmentation has its own seeded RNG, so the global
         # RNG (dropout, MixUp) is untouched by data loading and a resumed run is exact.
-        sampler = train_sampler(self.train_set, self.trainer, seeded_samples=True)
+        if self.repeated_aug > 1:  # each copy of a sample gets its own seed, so its own augmentation
+            sampler = repeated_aug_sampler(self.train_set, self.trainer, self.repeated_aug,
+                                           seeded_samples=True)
+        else:
+            sampler = train_sampler(self.train_set, self.trainer, seeded_samples=True)
         return self._loader(SeededSamples(self.train_set), self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -5,6 +5,11 @@ multiple of the number of streams and viewed as ``[streams, L]``. Batch ``i`` is
 window ``[:, i·tgt_len : (i+1)·tgt_len]`` of inputs and the same shifted by one as
 targets, in order, so a model's memory carries from one batch to the next.
 
+- **Evaluation segments.** Validation and test windows are ``eval_tgt_len`` long (the
+  original evaluates WikiText-103 in segments of 64 after training on 150). The windows
+  never overlap and the last one is shorter, so every target of the trimmed streams
+  (positions ``1 .. L-1`` of each) is scored exactly once, as the original's iterator.
+
 - **Epochs.** Every epoch walks the streams from the start again; the task resets
   its memory at each epoch start (and before each validation/test pass).
 - **DDP.** The streams are split across ranks (``batch_size`` streams per rank); each
@@ -20,6 +25,7 @@ targets, in order, so a model's memory carries from one batch to the next.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -27,6 +33,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
 from .corpora import Corpus, load_corpus
+from .lm1b import lm1b_tokenizer, load_lm1b
 from .sharding import RNGNeutralLoader
 from .tokenizer import TokenizerKind, TokenizerState, encode, load_tokenizer, run_tokenizer, train_tokenizer
 
@@ -55,20 +62,32 @@ class StreamWindows(IterableDataset):
             yield self.streams[:, start:end], self.streams[:, start + 1:end + 1]
 
 
+def encode_in_chunks(tok: Tokenizer, text: str, lines: int = 200_000) -> torch.Tensor:
+    """:func:`~mmkit.data.tokenizer.encode` of ``lines`` lines at a time (the same ids), so a
+    large corpus never becomes one Python list of ids."""
+    rows = text.splitlines(keepends=True)
+    parts = [encode(tok, "".join(rows[i:i + lines])) for i in range(0, len(rows), lines)]
+    return torch.cat(parts) if parts else encode(tok, text)
+
+
 class TextDataModule(TokenizerState, LightningDataModule):
     """Token streams for :class:`~mmkit.tasks.LanguageModeling`.
 
     Args:
         corpus: ``kjv`` (embedded), ``pydoc`` (tiny, stdlib), ``wikitext`` or ``text``
-            (see :mod:`mmkit.data.corpora`).
-        root: directory or file for ``wikitext`` and ``text``.
+            (see :mod:`mmkit.data.corpora`), or ``lm1b``: One Billion Words in the
+            original Transformer-XL's layout, with its fixed vocabulary
+            (:mod:`mmkit.data.lm1b`; needs ``tokenizer: word``).
+        root: directory or file for ``wikitext``, ``text`` and ``lm1b``.
         tokenizer: ``bpe`` (byte-level) or ``word`` (WikiText parity).
         vocab_size: most tokens the tokenizer may have (the model's ``vocab_size``
             must be at least the tokenizer's size).
         tokenizer_path: load this ``tokenizer.json`` instead of training one.
         batch_size: parallel training streams per device.
         eval_batch_size: parallel streams for validation/test.
-        tgt_len: tokens per window (the model's segment length).
+        tgt_len: tokens per training window (the model's segment length).
+        eval_tgt_len: tokens per validation/test window (``None``: ``tgt_len``). The
+            model's memory settings in eval mode are its own ``eval_*`` arguments.
         eval_fraction: share of a single-source corpus for validation, and again
             for testing.
         max_chars: use only the first characters of each split (quick runs, tests).
@@ -76,16 +95,21 @@ class TextDataModule(TokenizerState, LightningDataModule):
             test split).
     """
 
-    def __init__(self, corpus: Corpus = "kjv", root: str | None = None,
+    def __init__(self, corpus: Corpus | Literal["lm1b"] = "kjv", root: str | None = None,
                  tokenizer: TokenizerKind = "bpe", vocab_size: int = 4096,
                  tokenizer_path: str | None = None, batch_size: int = 16,
                  eval_batch_size: int = 8, tgt_len: int = 64, eval_fraction: float = 0.05,
-                 max_chars: int | None = None, prompts: list[str] | None = None) -> None:
+                 max_chars: int | None = None, prompts: list[str] | None = None,
+                 eval_tgt_len: int | None = None) -> None:
         super().__init__()
-        for name, value in dict(vocab_size=vocab_size, batch_size=batch_size,
-                                eval_batch_size=eval_batch_size, tgt_len=tgt_len).items():
+        eval_tgt_len = tgt_len if eval_tgt_len is None else eval_tgt_len
+        for name, value in dict(vocab_size=vocab_size, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                                tgt_len=tgt_len, eval_tgt_len=eval_tgt_len).items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
+        if corpus == "lm1b" and tokenizer != "word":
+            raise ValueError("corpus 'lm1b' uses the benchmark's fixed word vocabulary; set data.tokenizer "
+                             "to word")
         if not 0 < eval_fraction < 0.5:
             raise ValueError(f"eval_fraction must be in (0, 0.5), got {eval_fraction}")
         if prompts is not None and not prompts:
@@ -95,6 +119,7 @@ class TextDataModule(TokenizerState, LightningDataModule):
         self.corpus, self.root, self.kind, self.max_vocab = corpus, root, tokenizer, vocab_size
         self.tokenizer_path = tokenizer_path
         self.batch_size, self.eval_batch_size, self.tgt_len = batch_size, eval_batch_size, tgt_len
+        self.eval_tgt_len = eval_tgt_len
         self.eval_fraction, self.max_chars, self.prompts = eval_fraction, max_chars, prompts
         self.tokenizer: Tokenizer | None = None
         self._texts: dict[str, str] | None = None  # read by prepare_data, consumed by setup
@@ -108,7 +133,10 @@ class TextDataModule(TokenizerState, LightningDataModule):
         return self.tokenizer.get_vocab_size()
 
     def _load(self) -> dict[str, str]:
-        texts = load_corpus(self.corpus, self.root, self.eval_fraction)
+        if self.corpus == "lm1b":
+            texts, self._lm1b_vocab = load_lm1b(self.root, self.max_chars)
+        else:
+            texts = load_corpus(self.corpus, self.root, self.eval_fraction)
         if self.max_chars is not None:
             texts = {split: text[:self.max_chars] for split, text in texts.items()}
         for split, text in texts.items():
@@ -126,18 +154,33 @@ class TextDataModule(TokenizerState, LightningDataModule):
             self._texts = self._load()
             if self.tokenizer_path is not None:
                 load_tokenizer(self.tokenizer_path)
+            self._check_segment_fits(self._texts["train"])
+
+    def _check_segment_fits(self, text: str) -> None:
+        """Refuse a ``tgt_len`` that no tokenization of the training text could fill once per
+        stream, before the (slow) tokenizing: a token takes at least one byte, and the word
+        tokenizer adds one ``<eos>`` per line."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        streams = self.batch_size * world
+        most = len(text.encode("utf-8")) + text.count("\n") + 1  # >= the number of tokens
+        if most // streams <= self.tgt_len:
+            raise ValueError(
+                f"tgt_len={self.tgt_len} is longer than the train split can fill: at most {most} tokens, "
+                f"{most // streams} per stream for {streams} streams; use a smaller tgt_len, "
+                "a smaller batch_size or a larger corpus")
 
     def setup(self, stage: str | None = None) -> None:
         if self.ids:
             return
         texts = getattr(self, "_texts", None) or self._load()
         self._texts = None
-        self.tokenizer = run_tokenizer(
-            self.trainer, lambda: train_tokenizer(self.kind, texts["train"], self.max_vocab),
+        self.tokenizer, self._unsaved = run_tokenizer(
+            self.trainer, lambda: (lm1b_tokenizer(self._lm1b_vocab) if self.corpus == "lm1b"
+                                   else train_tokenizer(self.kind, texts["train"], self.max_vocab)),
             self.tokenizer_path)
         self._first_test_line = next(line for line in texts["test"].splitlines() if line.strip())
         for split, text in texts.items():
-            ids = encode(self.tokenizer, text)
+            ids = encode_in_chunks(self.tokenizer, text)
             self.ids[split] = ids
             self.bytes_per_token[split] = len(text.encode("utf-8")) / max(len(ids), 1)
 
@@ -157,9 +200,11 @@ class TextDataModule(TokenizerState, LightningDataModule):
                 f"segment (tgt_len={self.tgt_len}) for {streams} streams; use a larger corpus, "
                 "a smaller batch_size or a smaller tgt_len")
         grid = ids[:streams * length].view(streams, length)  # [streams, L]
-        return StreamWindows(grid[rank * per_rank:(rank + 1) * per_rank], self.tgt_len)
+        tgt_len = self.tgt_len if split == "train" else self.eval_tgt_len
+        return StreamWindows(grid[rank * per_rank:(rank + 1) * per_rank], tgt_len)
 
     def _loader(self, split: str, per_rank: int) -> DataLoader:
+        self.save_tokenizer()
         # Creating its iterator leaves the global RNG (dropout's) alone: a resumed run, which
         # skips some iterators (e.g. a finished epoch's validation), stays exact (mmkit.resume).
         return RNGNeutralLoader(self._streams(split, per_rank), batch_size=None)
@@ -174,6 +219,7 @@ class TextDataModule(TokenizerState, LightningDataModule):
         return self._loader("test", self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
+        self.save_tokenizer()
         prompts = self.prompts or [self._first_test_line]
         if not all(p.strip() for p in prompts):
             raise ValueError("prompts must not be empty strings")

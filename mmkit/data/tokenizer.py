@@ -53,33 +53,36 @@ def encode(tok: Tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-    """``Tokenizer.from_file(path)``, with one-line errors for a missing or invalid file."""
+def load_tokenizer(path: str, what: str = "tokenizer_path {path}",
+                   hint: str = "pass the tokenizer.json saved in the run directory") -> Tokenizer:
+    """``Tokenizer.from_file(path)``, with one-line errors for a missing or invalid file
+    (``what`` names the file in the message, ``hint`` says what to do)."""
+    name = what.format(path=path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"tokenizer_path {path} does not exist; pass the tokenizer.json "
-                                "saved in the run directory")
+        raise FileNotFoundError(f"{name} does not exist; {hint}")
     try:
         return Tokenizer.from_file(path)
     except Exception as err:  # tokenizers raises a bare Exception for bad JSON
-        reason = " ".join(str(err).split())[:120]
-        raise ValueError(f"tokenizer_path {path} is not a tokenizers JSON file ({reason}); pass the "
-                         "tokenizer.json saved in the run directory") from None
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        raise ValueError(f"{name} is not a tokenizers JSON file ({reason}); {hint}") from None
 
 
-def run_tokenizer(trainer: Any, train: Callable[[], Tokenizer], path: str | None = None) -> Tokenizer:
-    """The run's tokenizer: ``path`` when given; else ``tokenizer.json`` in the trainer's
-    run directory when it exists (a resumed run); else ``train()``, saved there by rank 0."""
+def run_tokenizer(trainer: Any, train: Callable[[], Tokenizer],
+                  path: str | None = None) -> tuple[Tokenizer, Path | None]:
+    """The run's tokenizer and where it still has to be saved: ``path`` when given; else
+    ``tokenizer.json`` in the trainer's run directory when it exists (a resumed run); else
+    ``train()``, to be saved there by rank 0 (:meth:`TokenizerState.save_tokenizer`, once the
+    run's checks have passed, so a refused run writes nothing)."""
     if path is not None:
-        return load_tokenizer(path)
+        return load_tokenizer(path), None
     log_dir = trainer.log_dir if trainer is not None else None
     saved = Path(log_dir) / "tokenizer.json" if log_dir else None
     if saved is not None and saved.is_file():
-        return Tokenizer.from_file(str(saved))
+        return load_tokenizer(str(saved), what="the run's {path}",
+                              hint="it is damaged: restore it, or pass a good copy as data.tokenizer_path"
+                              ), None
     tok = train()
-    if saved is not None and trainer.is_global_zero:
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        tok.save(str(saved))
-    return tok
+    return tok, saved if saved is not None and trainer.is_global_zero else None
 
 
 class TokenizerState:
@@ -89,6 +92,15 @@ class TokenizerState:
 
     tokenizer: Tokenizer | None
     tokenizer_hint = "pass the run's tokenizer.json as data.tokenizer_path"
+    _unsaved: Path | None = None  # where a newly trained tokenizer still has to be saved
+
+    def save_tokenizer(self) -> None:
+        """Save a newly trained tokenizer as the run's ``tokenizer.json`` (once). The loaders
+        call this: it runs after every setup check, so a refused run leaves no file behind."""
+        if self._unsaved is not None and self.tokenizer is not None:
+            self._unsaved.parent.mkdir(parents=True, exist_ok=True)
+            self.tokenizer.save(str(self._unsaved))
+        self._unsaved = None
 
     def state_dict(self) -> dict:
         return {"tokenizer": self.tokenizer.to_str() if self.tokenizer else None}

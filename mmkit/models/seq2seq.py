@@ -1,11 +1,21 @@
-"""An encoder-decoder Transformer for translation with one normalizer everywhere.
+"""An encoder-decoder Transformer for translation (fairseq's post-norm layout by default).
 
-The chosen normalizer runs in encoder self-attention, decoder causal
-self-attention, cross-attention and at the output layer, in full and in
-incremental (key/value-cached) decoding alike. (The official MultiMax fairseq
-code falls back to softmax for cross-attention and cached decoding; this does not.)
-Sinusoidal positions; one embedding shared by the source, the target and the
-output projection (joint vocabulary).
+Where the attention normalizer runs is set by ``placement``:
+
+- ``"official"``: as in the official MultiMax fairseq code. The configured normalizer runs
+  in encoder self-attention and in decoder self-attention while decoding a whole target at
+  once (training, teacher-forced validation loss); cross-attention always uses (plain)
+  softmax, and so does decoder self-attention in incremental (key/value-cached) decoding,
+  i.e. during generation. Cached decoding therefore equals full decoding only for plain
+  softmax. ``predict``/``test`` decode with the placement the model was built with (an
+  init argument, so checkpoints record it).
+- ``"everywhere"`` (mmkit's extension): the configured normalizer in every attention, in
+  full and in cached decoding alike, so cached decoding equals full decoding.
+
+The output layer always uses ``output_normalizer``. Positions are sinusoidal (``positions``:
+fairseq's or mmkit's convention, :mod:`mmkit.nn.positions`). One embedding serves the
+target and the output projection (fairseq's ``--share-decoder-input-output-embed``); the
+source shares it too unless ``share_all_embeddings=False`` gives the encoder its own.
 """
 
 from __future__ import annotations
@@ -16,10 +26,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..nn import KVCache, Mlp, MultiHeadAttention
-from ..normalizers import Normalizer, NormalizerSpec, make_normalizer
+from ..nn import KVCache, MultiHeadAttention
+from ..nn.positions import fairseq_sinusoid, sinusoid
+from ..normalizers import Normalizer, NormalizerSpec, SoftMax, make_normalizer
 from .sizes import check_positive, check_rates, resolve_size
-from .transformer_xl import sinusoid
 
 PRESETS: dict[str, dict[str, int]] = {
     "test": dict(d_model=32, ffn_dim=64, heads=2, encoder_layers=2, decoder_layers=2),
@@ -27,8 +37,21 @@ PRESETS: dict[str, dict[str, int]] = {
     # fairseq's transformer_iwslt_de_en (use dropout 0.3)
     "iwslt_de_en": dict(d_model=512, ffn_dim=1024, heads=4, encoder_layers=6, decoder_layers=6),
 }
+#: What ``activation``, ``positions`` and ``init`` mean when left at ``None``, per preset:
+#: ``iwslt_de_en`` is fairseq's (ReLU, fairseq's sinusoid, fairseq's init); the others keep
+#: mmkit's earlier choices (GELU, mmkit's sinusoid, PyTorch's default init).
+PRESET_STYLE: dict[str, dict[str, str]] = {
+    "test": dict(activation="gelu", positions="mmkit", init="torch"),
+    "small": dict(activation="gelu", positions="mmkit", init="torch"),
+    "iwslt_de_en": dict(activation="relu", positions="fairseq", init="fairseq"),
+}
 Preset = Literal["test", "small", "iwslt_de_en"]
+Placement = Literal["official", "everywhere"]
+Activation = Literal["relu", "gelu"]
+Positions = Literal["fairseq", "mmkit"]
+Init = Literal["fairseq", "torch"]
 LayerCache = tuple[KVCache, KVCache]  # (self-attention, cross-attention)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
 class _Sublayer(nn.Module):
@@ -44,12 +67,19 @@ class _Sublayer(nn.Module):
         return self.norm(x + self.drop(fn(x)))
 
 
+def _ffn(d: int, ffn: int, activation: str) -> nn.Sequential:
+    # Linear -> activation -> (activation dropout, 0 as in fairseq) -> Linear -> (dropout slot):
+    # the module indices of mmkit's earlier Mlp, so older checkpoints still load.
+    return nn.Sequential(nn.Linear(d, ffn), ACTIVATIONS[activation](), nn.Dropout(0.0),
+                         nn.Linear(ffn, d), nn.Dropout(0.0))
+
+
 class EncoderLayer(nn.Module):
     def __init__(self, d: int, ffn: int, heads: int, normalizer: NormalizerSpec, per_head: bool,
-                 dropout: float, attn_dropout: float, pre_norm: bool) -> None:
+                 dropout: float, attn_dropout: float, pre_norm: bool, activation: str) -> None:
         super().__init__()
         self.attn = MultiHeadAttention(d, heads, normalizer, per_head=per_head, attn_drop=attn_dropout)
-        self.mlp = Mlp(d, ffn, 0.0)
+        self.mlp = _ffn(d, ffn, activation)
         self.sub1, self.sub2 = _Sublayer(d, dropout, pre_norm), _Sublayer(d, dropout, pre_norm)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -58,37 +88,74 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention, FFN. Under ``placement="official"`` the
+    cross-attention is softmax and cached (incremental) self-attention calls softmax."""
+
     def __init__(self, d: int, ffn: int, heads: int, normalizer: NormalizerSpec, per_head: bool,
-                 dropout: float, attn_dropout: float, pre_norm: bool) -> None:
+                 dropout: float, attn_dropout: float, pre_norm: bool, activation: str,
+                 placement: str) -> None:
         super().__init__()
+        official = placement == "official"
         self.self_attn = MultiHeadAttention(d, heads, normalizer, per_head=per_head,
                                             attn_drop=attn_dropout)
-        self.cross_attn = MultiHeadAttention(d, heads, normalizer, per_head=per_head,
-                                             attn_drop=attn_dropout)
-        self.mlp = Mlp(d, ffn, 0.0)
+        self.cross_attn = MultiHeadAttention(d, heads, "softmax" if official else normalizer,
+                                             per_head=per_head and not official, attn_drop=attn_dropout)
+        self.mlp = _ffn(d, ffn, activation)
         self.subs = nn.ModuleList(_Sublayer(d, dropout, pre_norm) for _ in range(3))
+        # Not a submodule (nothing to save): the per-call normalizer of cached self-attention.
+        self._cached_normalizer: tuple[Normalizer, ...] = (SoftMax(),) if official else ()
 
     def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor,
                 cache: LayerCache | None = None) -> Tensor:
         self_cache, cross_cache = cache if cache is not None else (None, None)
-        y = self.subs[0](y, lambda h: self.self_attn(h, causal=True, cache=self_cache))
+        override = self._cached_normalizer[0] if cache is not None and self._cached_normalizer else None
+        y = self.subs[0](y, lambda h: self.self_attn(h, causal=True, cache=self_cache, normalizer=override))
         y = self.subs[1](y, lambda h: self.cross_attn(h, memory, mask=src_mask, cache=cross_cache))
         return self.subs[2](y, self.mlp)
+
+
+def fairseq_init_(attn: MultiHeadAttention) -> None:
+    """fairseq's ``MultiheadAttention.reset_parameters``: q, k and v weights xavier-uniform
+    with gain 1/√2 (each d×d block on its own), the output projection xavier-uniform with a
+    zero bias; the q/k/v biases keep PyTorch's default."""
+    gain = 2 ** -0.5
+    with torch.no_grad():
+        nn.init.xavier_uniform_(attn.q.weight, gain=gain)
+        for block in attn.kv.weight.chunk(2, dim=0):  # k rows, then v rows: [d, d] each
+            nn.init.xavier_uniform_(block, gain=gain)
+        nn.init.xavier_uniform_(attn.proj.weight)
+        nn.init.zeros_(attn.proj.bias)
 
 
 class Seq2SeqTransformer(nn.Module):
     """``forward(src [B, S], tgt_in [B, T]) -> logits [B, T, V]``.
 
     Args:
-        vocab_size: size of the joint vocabulary.
+        vocab_size: size of the target vocabulary (also the source's when the embeddings
+            are shared).
         preset: named size (see :data:`PRESETS`); the sizes below override it.
         d_model, ffn_dim, heads, encoder_layers, decoder_layers: model size.
         dropout, attn_dropout: residual and attention-probability dropout.
         pre_norm: pre-norm sublayers (post-norm, fairseq's default, otherwise).
         pad_id, bos_id, eos_id: special token ids of the tokenizer.
-        normalizer: the normalizer of every attention layer (name, class path or dict).
+        normalizer: the attention normalizer (name, class path or dict).
+        placement: which attentions use ``normalizer`` (see the module docstring):
+            ``"official"`` (the MultiMax reference) or ``"everywhere"`` (mmkit's extension,
+            the default, so that models trained before this option decode as trained).
         per_head: per-head normalizer parameters.
         output_normalizer: the output layer's normalizer and loss.
+        activation: the FFN's activation; ``None`` = the preset's (:data:`PRESET_STYLE`:
+            ReLU for ``iwslt_de_en`` as in fairseq, GELU otherwise).
+        positions: ``"fairseq"`` (frequencies ``10000^(-i/(d/2-1))``, positions from
+            ``pad_id + 1``, zero at padding) or ``"mmkit"`` (``10000^(-2i/d)``, from 0);
+            ``None`` = the preset's.
+        init: ``"fairseq"`` (fairseq's attention init, see :func:`fairseq_init_`) or
+            ``"torch"`` (PyTorch's defaults); embeddings are N(0, d^-½) either way;
+            ``None`` = the preset's.
+        share_all_embeddings: one embedding for source, target and output (a joint
+            vocabulary); ``False`` gives the encoder its own, as fairseq's IWSLT'14 model has.
+        src_vocab_size: size of the source embedding when it is not shared (default
+            ``vocab_size``).
     """
 
     def __init__(self, vocab_size: int, preset: Preset = "small", *, d_model: int | None = None,
@@ -96,38 +163,66 @@ class Seq2SeqTransformer(nn.Module):
                  encoder_layers: int | None = None, decoder_layers: int | None = None,
                  dropout: float = 0.1, attn_dropout: float = 0.0, pre_norm: bool = False,
                  pad_id: int = 0, bos_id: int = 1, eos_id: int = 2,
-                 normalizer: NormalizerSpec = "softmax", per_head: bool = False,
-                 output_normalizer: NormalizerSpec = "softmax") -> None:
+                 normalizer: NormalizerSpec = "softmax", placement: Placement = "everywhere",
+                 per_head: bool = False, output_normalizer: NormalizerSpec = "softmax",
+                 activation: Activation | None = None, positions: Positions | None = None,
+                 init: Init | None = None, share_all_embeddings: bool = True,
+                 src_vocab_size: int | None = None) -> None:
         super().__init__()
         size = resolve_size("seq2seq", PRESETS, preset, d_model=d_model, ffn_dim=ffn_dim, heads=heads,
                             encoder_layers=encoder_layers, decoder_layers=decoder_layers)
         check_positive(vocab_size=vocab_size, **size)
         check_rates(dropout=dropout, attn_dropout=attn_dropout)
+        style = {**PRESET_STYLE[preset], **{k: v for k, v in dict(
+            activation=activation, positions=positions, init=init).items() if v is not None}}
+        for key, allowed in (("placement", ("official", "everywhere")), ("activation", ACTIVATIONS),
+                             ("positions", ("fairseq", "mmkit")), ("init", ("fairseq", "torch"))):
+            value = placement if key == "placement" else style[key]
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        if src_vocab_size is not None and share_all_embeddings:
+            raise ValueError("src_vocab_size needs share_all_embeddings=False (a shared embedding "
+                             "has the target's vocab_size)")
         d = size["d_model"]
-        self.vocab_size, self.d_model = vocab_size, d
+        self.vocab_size, self.d_model, self.placement = vocab_size, d, placement
+        self.activation, self.positions = style["activation"], style["positions"]
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.embed = nn.Embedding(vocab_size, d, padding_idx=pad_id)
+        self.src_embed = None if share_all_embeddings else nn.Embedding(
+            src_vocab_size or vocab_size, d, padding_idx=pad_id)
         self.drop = nn.Dropout(dropout)
-        args = (d, size["ffn_dim"], size["heads"], normalizer, per_head, dropout, attn_dropout, pre_norm)
+        args = (d, size["ffn_dim"], size["heads"], normalizer, per_head, dropout, attn_dropout, pre_norm,
+                self.activation)
         self.encoder = nn.ModuleList(EncoderLayer(*args) for _ in range(size["encoder_layers"]))
-        self.decoder = nn.ModuleList(DecoderLayer(*args) for _ in range(size["decoder_layers"]))
+        self.decoder = nn.ModuleList(DecoderLayer(*args, placement) for _ in range(size["decoder_layers"]))
         self.enc_norm = nn.LayerNorm(d) if pre_norm else nn.Identity()
         self.dec_norm = nn.LayerNorm(d) if pre_norm else nn.Identity()
         self.output_normalizer: Normalizer = make_normalizer(output_normalizer)
-        nn.init.normal_(self.embed.weight, std=d ** -0.5)
-        with torch.no_grad():
-            self.embed.weight[pad_id].zero_()
+        for embed in (self.embed, self.src_embed):
+            if embed is not None:
+                nn.init.normal_(embed.weight, std=d ** -0.5)
+                with torch.no_grad():
+                    embed.weight[pad_id].zero_()
+        if style["init"] == "fairseq":
+            for module in self.modules():
+                if isinstance(module, MultiHeadAttention):
+                    fairseq_init_(module)
 
-    def _embed(self, tokens: Tensor, start: int = 0) -> Tensor:
-        pos = sinusoid(torch.arange(start, start + tokens.shape[1], device=tokens.device), self.d_model)
-        return self.drop(self.embed(tokens) * math.sqrt(self.d_model) + pos.to(self.embed.weight.dtype))
+    def _embed(self, tokens: Tensor, embed: nn.Embedding, start: int = 0) -> Tensor:
+        steps = torch.arange(start, start + tokens.shape[1], device=tokens.device)
+        if self.positions == "fairseq":  # from pad_id + 1; padding tokens get zeros
+            pos = fairseq_sinusoid(steps + self.pad_id + 1, self.d_model)  # [T, C]
+            pos = pos.to(embed.weight.dtype) * (tokens != self.pad_id)[..., None]  # [B, T, C]
+        else:
+            pos = sinusoid(steps, self.d_model).to(embed.weight.dtype)
+        return self.drop(embed(tokens) * math.sqrt(self.d_model) + pos)
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder output ``[B, S, C]`` and the source keep-mask ``[B, 1, 1, S]``."""
         if src.ndim != 2:
             raise ValueError(f"src must be [B, S] token ids, got shape {tuple(src.shape)}")
         mask = (src != self.pad_id)[:, None, None, :]
-        x = self._embed(src)
+        x = self._embed(src, self.embed if self.src_embed is None else self.src_embed)
         for layer in self.encoder:
             x = layer(x, mask)
         return self.enc_norm(x), mask
@@ -135,7 +230,7 @@ class Seq2SeqTransformer(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor,
                caches: list[LayerCache] | None = None, start: int = 0) -> Tensor:
         """Logits ``[B, T, V]`` for ``tgt_in`` (positions from ``start`` when cached)."""
-        y = self._embed(tgt_in, start)
+        y = self._embed(tgt_in, self.embed, start)
         for i, layer in enumerate(self.decoder):
             y = layer(y, memory, src_mask, None if caches is None else caches[i])
         return self.dec_norm(y) @ self.embed.weight.T  # tied output projection
@@ -158,4 +253,4 @@ class Seq2SeqTransformer(nn.Module):
         return set()
 
 
-__all__ = ["Seq2SeqTransformer", "PRESETS"]
+__all__ = ["Seq2SeqTransformer", "PRESETS", "PRESET_STYLE"]

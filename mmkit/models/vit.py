@@ -5,6 +5,13 @@ drop-path -> final LayerNorm -> global average pooling (the paper's choice for
 both SoftMax and MultiMax) or the class token -> linear head. Every attention
 layer builds its own normalizer from ``normalizer``; ``output_normalizer`` is the
 paper's "output layer" normalizer, whose ``loss`` the task uses.
+
+Initialisation and norms follow DeiT (timm 0.3.2, which DeiT and the official MultiMax
+code build on) by default: every Linear weight ``trunc_normal(std=0.02)`` with zero bias,
+the position embedding and class token ``trunc_normal(std=0.02)``, LayerNorms weight 1 and
+bias 0 with ``eps=1e-6``, and the patch-embedding convolution left at PyTorch's default
+(timm does not re-initialise it). The truncation bounds are timm's absolute ``[-2, 2]``
+(100 std), so the draws are effectively normal.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ PRESETS: dict[str, dict[str, float]] = {
     "base": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0),  # DeiT-B
 }
 Preset = Literal["test", "mini", "tiny", "small", "base"]
+Init = Literal["deit", "xavier"]
 
 
 class VisionTransformer(nn.Module):
@@ -47,6 +55,12 @@ class VisionTransformer(nn.Module):
         normalizer: the attention normalizer (name, class path or dict).
         per_head: per-head normalizer parameters.
         output_normalizer: the normalizer of the classifier output and its loss.
+        qkv_bias: biases in the q/k/v projections (DeiT and timm: on; the official MultiMax
+            ViT, the paper's ImageNet model: off).
+        norm_eps: epsilon of every LayerNorm (DeiT: 1e-6; PyTorch's default is 1e-5).
+        init: ``"deit"`` (the reference, see the module docstring) or ``"xavier"`` (mmkit's
+            earlier rule: xavier-uniform Linear weights, zero biases; positions and class
+            token as in ``"deit"``).
     """
 
     def __init__(
@@ -68,6 +82,9 @@ class VisionTransformer(nn.Module):
         normalizer: NormalizerSpec = "softmax",
         per_head: bool = False,
         output_normalizer: NormalizerSpec = "softmax",
+        qkv_bias: bool = True,
+        norm_eps: float = 1e-6,
+        init: Init = "deit",
     ) -> None:
         super().__init__()
         size = resolve_size("ViT", PRESETS, preset, embed_dim=embed_dim, depth=depth,
@@ -80,9 +97,13 @@ class VisionTransformer(nn.Module):
                              f"({patch_size}); e.g. patch_size {_divisor_hint(img_size, patch_size)}")
         if pool not in ("avg", "cls"):
             raise ValueError(f"pool must be 'avg' or 'cls', got {pool!r}")
+        if init not in ("deit", "xavier"):
+            raise ValueError(f"init must be 'deit' or 'xavier', got {init!r}")
+        if not norm_eps > 0:
+            raise ValueError(f"norm_eps must be positive, got {norm_eps}")
         dim, depth = int(size["embed_dim"]), int(size["depth"])
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
-        self.num_classes, self.pool = num_classes, pool
+        self.num_classes, self.pool, self.init = num_classes, pool, init
         num_patches = (img_size // patch_size) ** 2
         self.patch_embed = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
@@ -91,22 +112,30 @@ class VisionTransformer(nn.Module):
         rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
             Block(dim, int(size["num_heads"]), normalizer, mlp_ratio=float(size["mlp_ratio"]),
-                  per_head=per_head, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=rate)
+                  per_head=per_head, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
+                  drop_path=rate, norm_eps=norm_eps)
             for rate in rates
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, num_classes)
         self.output_normalizer: Normalizer = make_normalizer(output_normalizer)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        """Initialise by ``self.init`` (normalizer parameters keep their own initialisation)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)  # bounds [-2, 2], as timm's
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if self.init == "deit":
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                else:
+                    nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()  # weight 1, bias 0
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters that take no weight decay (besides norms, biases and

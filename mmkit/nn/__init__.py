@@ -1,8 +1,9 @@
 """Attention and transformer building blocks (pure torch; no Lightning)."""
 
+from .adaptive import AdaptiveHead, AdaptiveInput
 from .attention import KVCache, MultiHeadAttention, attend
 from .blocks import Block, DropPath, Mlp
 from .masks import causal_mask, merge_masks, padding_mask
 
 __all__ = ["attend", "MultiHeadAttention", "KVCache", "Block", "DropPath", "Mlp",
-           "causal_mask", "padding_mask", "merge_masks"]
+           "causal_mask", "padding_mask", "merge_masks", "AdaptiveInput", "AdaptiveHead"]

@@ -211,12 +211,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
                 causal: bool = False, bias: Tensor | None = None, need_weights: bool = False,
-                cache: KVCache | None = None) -> Tensor | tuple[Tensor, Tensor]:
+                cache: KVCache | None = None, normalizer: Normalizer | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``[B, Nq, C]`` attends to ``context`` ``[B, Nk, C]`` (itself by default).
 
         With ``cache`` (incremental decoding), self-attention appends this step's keys
         and values to it and attends to all of them (``causal`` is aligned to the end);
         a ``static`` cache (cross-attention) projects ``context`` once and reuses it.
+        ``normalizer`` replaces the layer's own for this call only (e.g. softmax in the
+        reference's incremental decoding).
         """
         q = self._heads(self.q(x))
         if cache is not None and cache.static and cache.k is not None:
@@ -227,7 +230,8 @@ class MultiHeadAttention(nn.Module):
                 if cache.k is not None:
                     k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
                 cache.k, cache.v = k, v
-        out = attend(q, k, v, self.normalizer, mask=mask, causal=causal,
+        out = attend(q, k, v, self.normalizer if normalizer is None else normalizer, mask=mask,
+                     causal=causal,
                      bias=bias, dropout_p=self.attn_drop if self.training else 0.0,
                      need_weights=need_weights)
         probs = None

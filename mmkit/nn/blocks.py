@@ -36,16 +36,18 @@ class Mlp(nn.Sequential):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer encoder block: ``x + attn(LN(x))``, ``x + mlp(LN(x))``."""
+    """Pre-norm transformer encoder block: ``x + attn(LN(x))``, ``x + mlp(LN(x))``; ``norm_eps``
+    is the LayerNorms' epsilon (PyTorch's 1e-5 by default; DeiT uses 1e-6)."""
 
     def __init__(self, dim: int, num_heads: int, normalizer: NormalizerSpec = "softmax", *,
                  mlp_ratio: float = 4.0, per_head: bool = False, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 norm_eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = MultiHeadAttention(dim, num_heads, normalizer, per_head=per_head,
                                        qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.drop_path = DropPath(drop_path)
 

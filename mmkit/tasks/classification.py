@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from ..normalizers import Normalizer, SoftMax
+from .checks import check_images
 from .optim import param_groups, warmup_cosine
 
 
@@ -69,10 +70,11 @@ class ImageClassification(LightningModule):
             setattr(self, f"{stage}_loss", MeanMetric())
 
     def setup(self, stage: str) -> None:
-        data_classes = getattr(self.trainer.datamodule, "num_classes", None)
-        if isinstance(data_classes, int) and data_classes != self.num_classes:
-            raise ValueError(f"the data has {data_classes} classes but the network outputs "
-                             f"{self.num_classes}; set the network's num_classes to {data_classes}")
+        self.check_data()
+
+    def check_data(self) -> None:
+        """Refuse data whose images or classes do not fit the network (see :mod:`.checks`)."""
+        check_images(self)
 
     @property
     def output_normalizer(self) -> Normalizer:
@@ -99,6 +101,21 @@ class ImageClassification(LightningModule):
             self.train_acc1(self._ranking(logits.detach()), labels)
             self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint carries the epoch's running training accuracy, so that after a
+        mid-epoch resume ``train/acc1`` still counts the whole epoch, as an uninterrupted
+        run's does."""
+        acc = self.train_acc1
+        checkpoint["train_acc1"] = {"state": {k: v.detach().cpu() for k, v in acc.metric_state.items()},
+                                    "updates": acc._update_count}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("train_acc1")
+        if saved is not None:
+            for name, value in saved["state"].items():
+                setattr(self.train_acc1, name, value.to(self.device))
+            self.train_acc1._update_count = saved["updates"]
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         images, labels = batch

@@ -5,11 +5,19 @@
   windows of parallel streams, and it is reset at every epoch start and before each
   validation or test pass. Checkpoints carry the training memory
   (``checkpoint["mmkit_mems"]``), so a run resumed mid-epoch continues with it.
+- **Evaluation protocol.** Validation and test run the network in eval mode, so a
+  Transformer-XL uses its ``eval_mem_len``/``eval_clamp_len``/``eval_same_length``, on
+  the data module's ``eval_tgt_len`` windows (the original's ``eval.py``: 64/640/400/
+  same length on WikiText-103). Each lives in one place only, so the two cannot disagree;
+  the windows score every target of the evaluated streams exactly once.
 - **Loss.** The output normalizer's own loss (CE on σ(logits) for MultiMax,
   Fenchel-Young for the sparse ones). When the network has ``fused_head`` on and the
   output normalizer is SoftMax or a shared MultiMax, training uses the fused chunked
   head (``network.forward_hidden`` + ``network.head_loss``): same loss and gradients,
   no ``[B·T, V]`` logits. Validation and test keep the full logits (per-token NLL).
+  A network with an adaptive softmax (``network.adaptive``, Transformer-XL's ``cutoffs``)
+  trains with ``network.head_loss`` and evaluates with ``network.target_log_prob``: only
+  the targets' clusters, never the full ``[B·T, V]`` scores (see :mod:`mmkit.nn.adaptive`).
 - **Metrics.** Over the whole validation/test stream with memory:
   ``ppl = exp(Σ NLL / tokens)`` and bits per byte ``Σ NLL / ln 2 / bytes``, where bytes
   are the evaluated tokens times the split's bytes per token. The NLL is the
@@ -80,7 +88,16 @@ class LanguageModeling(LightningModule):
         fused = bool(getattr(self.network, "fused_head", False))
         return fused and supports_fused_head(self.output_normalizer)
 
+    @property
+    def adaptive_head(self) -> bool:
+        """``True`` when the network has an adaptive softmax (``network.adaptive``)."""
+        return bool(getattr(self.network, "adaptive", False))
+
     def setup(self, stage: str) -> None:
+        self.check_data()
+
+    def check_data(self) -> None:
+        """Refuse a tokenizer larger than the network's vocabulary (see :mod:`.checks`)."""
         check_vocab(self)
 
     def forward(self, tokens: Tensor, mems: list[Tensor] | None = None):
@@ -116,7 +133,7 @@ class LanguageModeling(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         tokens, targets = batch
         smoothing = self.hparams.label_smoothing
-        if self.fused_training_loss:
+        if self.fused_training_loss or self.adaptive_head:
             hidden, self.mems["train"] = self.network.forward_hidden(tokens, self.mems["train"])
             loss = self.network.head_loss(hidden, targets, label_smoothing=smoothing)
         else:
@@ -137,16 +154,29 @@ class LanguageModeling(LightningModule):
             logp = torch.log((p + eps) / (1.0 + eps * logits.shape[-1]))
         return -logp.gather(-1, targets[..., None])[..., 0]
 
+    def target_nll(self, log_prob: Tensor) -> Tensor:
+        """``-log p(target)`` from the exact ``log p(target)``, smoothed as :meth:`token_nll`
+        when the output normalizer is not a modulated softmax."""
+        if self.output_normalizer.is_modulated_softmax:
+            return -log_prob
+        eps = self.hparams.ppl_epsilon
+        return -torch.log((log_prob.exp() + eps) / (1.0 + eps * self.network.vocab_size))
+
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         tokens, targets = batch
-        logits, self.mems[stage] = self(tokens, self.mems[stage])
-        nll = self.token_nll(logits, targets)
+        if self.adaptive_head:  # only the targets' clusters, never [B, T, V] scores
+            hidden, self.mems[stage] = self.network.forward_hidden(tokens, self.mems[stage])
+            nll = self.target_nll(self.network.target_log_prob(hidden, targets))
+            loss = self.network.head_loss(hidden, targets)
+        else:
+            logits, self.mems[stage] = self(tokens, self.mems[stage])
+            nll, loss = self.token_nll(logits, targets), self.output_normalizer.loss(logits, targets)
         split = "valid" if stage == "val" else "test"
         per_token = getattr(self.trainer.datamodule, "bytes_per_token", {}).get(split, math.nan)
         getattr(self, f"{stage}_nll").update(nll.sum())
         getattr(self, f"{stage}_tokens").update(nll.numel())
         getattr(self, f"{stage}_bytes").update(nll.numel() * per_token)
-        self.log(f"{stage}/loss", self.output_normalizer.loss(logits, targets), sync_dist=True)
+        self.log(f"{stage}/loss", loss, sync_dist=True)
 
     def _log_perplexity(self, stage: str) -> None:
         nll, tokens = getattr(self, f"{stage}_nll").compute(), getattr(self, f"{stage}_tokens").compute()

@@ -5,7 +5,8 @@ import torch
 
 from mmkit.data import TextDataModule
 from mmkit.data.corpora import load_corpus
-from mmkit.data.lm import StreamWindows
+from mmkit.data.lm import StreamWindows, encode_in_chunks
+from mmkit.data.lm1b import TRAIN_DIR
 from mmkit.data.tokenizer import encode, train_tokenizer
 
 
@@ -73,8 +74,65 @@ def test_non_utf8_text_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(batch_size=0), "batch_size must be positive"),
     (dict(tgt_len=-1), "tgt_len must be positive"),
+    (dict(eval_tgt_len=0), "eval_tgt_len must be positive"),
     (dict(eval_fraction=0.6), "eval_fraction"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TextDataModule(**kwargs)
+
+
+def test_evaluation_windows_use_eval_tgt_len_and_score_every_target_once():
+    dm = TextDataModule("pydoc", vocab_size=300, batch_size=4, eval_batch_size=3, tgt_len=16,
+                        eval_tgt_len=5, max_chars=6000)
+    dm.setup()
+    train = [x.shape[1] for x, _ in dm.train_dataloader()]
+    assert set(train[:-1]) == {16} and 1 <= train[-1] <= 16
+    for loader, split in ((dm.val_dataloader(), "valid"), (dm.test_dataloader(), "test")):
+        windows = list(loader)
+        length = dm.ids[split].numel() // 3
+        streams = dm.ids[split][:3 * length].view(3, length)  # [streams, L], built here directly
+        assert all(x.shape[1] == 5 for x, _ in windows[:-1]) and 1 <= windows[-1][0].shape[1] <= 5
+        assert torch.equal(torch.cat([y for _, y in windows], 1), streams[:, 1:])  # each target once
+        assert torch.equal(torch.cat([x for x, _ in windows], 1), streams[:, :-1])
+    assert TextDataModule("pydoc", tgt_len=12).eval_tgt_len == 12  # default: the training length
+
+
+def test_chunked_encoding_equals_one_pass():
+    text = load_corpus("pydoc", None, 0.05)["valid"][:20000]
+    for kind in ("bpe", "word"):
+        tok = train_tokenizer(kind, text, 300)
+        assert torch.equal(encode_in_chunks(tok, text, lines=7), encode(tok, text))
+
+
+def _lm1b(root, vocab="<S> 0\n</S> 0\n<UNK> 0\nthe 9\ncat 5\nsat 4\non 3\nmat 2\na 1\n"):
+    train = root / TRAIN_DIR
+    train.mkdir(parents=True)
+    (train / "news.en-00002-of-00100").write_text("a cat sat\nthe mat\n")
+    (train / "news.en-00001-of-00100").write_text("the cat sat on the mat\n")
+    (root / "valid.txt").write_text("the dog sat\n")
+    (root / "test.txt").write_text("a cat\n")
+    (root / "1b_word_vocab.txt").write_text(vocab)
+
+
+def test_lm1b_layout_and_fixed_vocabulary(tmp_path):
+    _lm1b(tmp_path)
+    dm = TextDataModule("lm1b", root=str(tmp_path), tokenizer="word", vocab_size=10)
+    dm.setup()
+    words = "<S> </S> <UNK> the cat sat on mat a".split()  # ids: the vocabulary file's line numbers
+    ids = {w: i for i, w in enumerate(words)}
+    sentences = ["the cat sat on the mat", "a cat sat", "the mat"]  # files in name order
+    want = [ids[w] for s in sentences for w in (*s.split(), "<S>")]
+    assert dm.ids["train"].tolist() == want and dm.vocab_size == 9
+    assert dm.ids["valid"].tolist() == [ids["the"], ids["<UNK>"], ids["sat"], ids["<S>"]]
+    assert dm.ids["test"].tolist() == [ids["a"], ids["cat"], ids["<S>"]]
+
+
+def test_lm1b_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"training-monolingual.*valid\.txt.*1b_word_vocab\.txt"):
+        TextDataModule("lm1b", root=str(tmp_path), tokenizer="word").setup()
+    with pytest.raises(ValueError, match="set data.tokenizer to word"):
+        TextDataModule("lm1b", root=str(tmp_path), tokenizer="bpe")
+    _lm1b(tmp_path, vocab="the 3\ncat 2\n")
+    with pytest.raises(ValueError, match="no <S> or no <UNK>"):
+        TextDataModule("lm1b", root=str(tmp_path), tokenizer="word").setup()

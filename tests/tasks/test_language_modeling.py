@@ -1,6 +1,8 @@
 """LanguageModeling.training_step with the fused LM head: the same loss, parameter
 gradients and memory as the unfused path, taken only when the network asks for it."""
 
+import math
+
 import pytest
 import torch
 
@@ -73,3 +75,40 @@ def test_evaluation_keeps_the_full_logits():
     module = task(True).eval()
     logits, _ = module(torch.randint(0, 40, (2, 7)))
     assert logits.shape == (2, 7, 40)
+
+
+def test_validation_uses_the_eval_lengths_and_scores_every_token_once(tmp_path):
+    """eval_tgt_len windows, the network's eval_mem_len: with a memory as long as the stream,
+    the validation NLL is the full-context NLL of every target, each counted once."""
+    from lightning.pytorch import Trainer
+
+    from mmkit.data import TextDataModule
+
+    text = "\n".join(f"line {i} has words {i % 7} and {i % 5}" for i in range(60)) + "\n"
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.txt").write_text(text)
+    data = TextDataModule("text", root=str(tmp_path), tokenizer="word", vocab_size=40, batch_size=2,
+                          eval_batch_size=2, tgt_len=8, eval_tgt_len=5)
+    data.setup()
+    length = data.ids["valid"].numel() // 2
+    streams = data.ids["valid"][:2 * length].view(2, length)  # [2, L]
+
+    def validate(eval_mem_len):
+        torch.manual_seed(0)
+        net = TransformerXL(40, "test", mem_len=4, eval_mem_len=eval_mem_len).double()
+        module = LanguageModeling(net)
+        seen = []
+        net.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[1]))
+        trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+        metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
+        return net, metrics, seen
+
+    net, metrics, seen = validate(eval_mem_len=length)
+    assert set(seen[:-1]) == {5} and sum(seen) == length - 1  # eval_tgt_len windows over the stream
+    with torch.no_grad():
+        logp = torch.log_softmax(net.eval()(streams[:, :-1])[0], -1)  # one full-context pass
+    nll = -logp.gather(-1, streams[:, 1:, None]).mean()
+    assert metrics["val/ppl"] == pytest.approx(math.exp(nll.item()), rel=1e-6)
+    _, short, _ = validate(eval_mem_len=None)  # the training mem_len (4): a different number
+    assert short["val/ppl"] != pytest.approx(metrics["val/ppl"], rel=1e-6)
