@@ -93,18 +93,57 @@ def _keep_rows(writer: ExperimentWriter, rows: int | None, step: int) -> int:
 
 class MetricsFollowCheckpoint(Callback):
     """Keep ``metrics.csv`` in step with the checkpoints. Each save first writes out the rows
-    logged so far and records how many there are; a resumed fit drops the rows after that
-    count: they come from steps the interruption lost, which the resumed run trains (and
-    logs) again, so the log matches the weights, row for row."""
+    logged so far and records how many rows belong to the state it saves; a resumed fit drops
+    the rows after that count: they come from work the interruption lost, which the resumed
+    run does (and logs) again, so the log matches the weights, row for row.
+
+    A save at the end of a training batch (``every_n_train_steps``) or of a training epoch
+    comes before Lightning logs that batch's or epoch's row, which the resumed run does not
+    log again: that row is counted in."""
+
+    def __init__(self) -> None:
+        self._pending: str | None = None  # "batch" or "epoch": a save there precedes its row
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._pending = None
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._pending = "batch"
+
+    def on_validation_start(self, *args: Any) -> None:
+        self._pending = None
+
+    def on_train_epoch_start(self, *args: Any) -> None:
+        self._pending = None
+
+    def on_train_epoch_end(self, *args: Any) -> None:
+        self._pending = "epoch"
+
+    def on_exception(self, *args: Any) -> None:
+        self._pending = None
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict) -> None:
+        if not trainer.is_global_zero:
+            return
         for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger) and trainer.is_global_zero:
+            if isinstance(logger, CSVLogger):
                 logger.save()
                 writer = logger.experiment
                 rows = len(_read(writer)[1]) if writer._fs.isfile(writer.metrics_file_path) else 0
-                checkpoint.setdefault(ROWS_KEY, {})[logger.log_dir] = rows
+                checkpoint.setdefault(ROWS_KEY, {})[logger.log_dir] = rows + self._row_to_come(trainer)
+
+    def _row_to_come(self, trainer: Trainer) -> int:
+        """1 when Lightning logs a row of the state being saved right after this save: the
+        training batch's row after a save at its end, the epoch's row after a save at the
+        end of a training epoch."""
+        connector = trainer._logger_connector
+        if self._pending is None or trainer.validating:
+            return 0
+        if self._pending == "batch":
+            if trainer.fit_loop._should_accumulate() or not connector.should_update_logs:
+                return 0
+        return int(bool(connector.metrics["log"]))
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict) -> None:

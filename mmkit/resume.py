@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer import call
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .provenance import recorded_optimizer
@@ -143,6 +144,9 @@ class ExactResume(Callback):
         if validate:  # Lightning would skip it: its metrics would be missing from the log
             with _at_epoch(trainer, finished):
                 _run_validation(trainer)
+        if at_epoch_end:  # and the epoch's end: its hooks and epoch-level training metrics
+            with _at_epoch(trainer, finished):
+                _end_epoch(trainer)
 
     def _reposition_loaders(self, trainer: Trainer, skip: int) -> None:
         fit_loop = trainer.fit_loop
@@ -195,6 +199,21 @@ def _run_validation(trainer: Trainer) -> None:
     trainer.validating = True
     val_loop.run()
     trainer.training = True
+
+
+def _end_epoch(trainer: Trainer) -> None:
+    """The end of the finished epoch, which Lightning skips when it restarts from the epoch's
+    last batch: the train-epoch-end hooks, then the epoch-level training metrics, logged at
+    the epoch's last step, as the fit loop does."""
+    connector = trainer._logger_connector
+    connector.epoch_end_reached()
+    call._call_callback_hooks(trainer, "on_train_epoch_end", monitoring_callbacks=False)
+    call._call_lightning_module_hook(trainer, "on_train_epoch_end")
+    call._call_callback_hooks(trainer, "on_train_epoch_end", monitoring_callbacks=True)
+    connector.on_epoch_end()
+    # The restored step counter still reads the epoch's last step (Lightning adds the one it
+    # saved before incrementing when its epoch loop restarts), where the fit loop logs them.
+    connector.update_train_epoch_metrics()
 
 
 def _skip(loader: Any, batches: int) -> bool:

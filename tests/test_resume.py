@@ -1,4 +1,4 @@
-"""Exact resume (issue 8): a ``mmkit fit`` SIGKILLed by its parent at some step and resumed
+"""Exact resume: a ``mmkit fit`` SIGKILLed by its parent at some step and resumed
 with ``--ckpt_path last`` ends with the same ``last.ckpt`` weights (``torch.equal`` on every
 tensor) and the same metrics.csv, row for row, as the uninterrupted run.
 

@@ -6,7 +6,7 @@ Dispatch (fastest correct path first):
    temperature ``T`` is folded into the queries (``softmax(q·kᵀ/T) = SDPA(q/T)``),
    so learnable temperatures stay on the fused path too.
 2. :class:`~mmkit.normalizers.MultiMax` on CUDA -> the fused kernel in
-   :mod:`mmkit.nn.kernels` when it applies (issue 4; no bias, no dropout).
+   :mod:`mmkit.nn.kernels` when it applies (no bias, no dropout).
 3. Everything else -> the materialized reference path: scores, then the
    normalizer with the mask (so ``-inf`` never meets a modulator), then dropout,
    then ``@ v``.
@@ -139,7 +139,7 @@ def attend(
         if isinstance(normalizer, SoftMax):
             return _sdpa(q, k, v, normalizer, mask, causal, bias, dropout_p, scale)
         if (isinstance(normalizer, MultiMax) and q.is_cuda and bias is None and dropout_p == 0.0):
-            # Hook for the fused MultiMax flash-attention kernel (issue 4).
+            # The fused MultiMax flash-attention kernel; None means it does not apply.
             out = kernels.multimax_attention(q, k, v, normalizer, mask=mask, causal=causal,
                                              scale=scale)
             if out is not None:

@@ -98,9 +98,15 @@ class ImageClassification(LightningModule):
                                            label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True)
         if self.mix is None:
-            self.train_acc1(self._ranking(logits.detach()), labels)
-            self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True)
+            self.train_acc1.update(self._ranking(logits.detach()), labels)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's training accuracy (when batches were not mixed), logged here rather than
+        from ``training_step`` so that a run resumed from the epoch's last batch logs it too."""
+        if self.train_acc1._update_count:
+            self.log("train/acc1", self.train_acc1.compute(), sync_dist=False)
+            self.train_acc1.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint carries the epoch's running training accuracy, so that after a
