@@ -114,7 +114,8 @@ def kernel_in_use(batch: int, heads: int, tokens: int, head_dim: int) -> bool:
 
     q, k, v = (torch.randn(batch, heads, tokens, head_dim, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
-    out = multimax_attention(q, k, v, MultiMax().cuda(), mask=None, causal=False, scale=head_dim**-0.5)
+    norm = MultiMax().cuda()
+    out = multimax_attention(q, k, v, norm.ranges, norm.ts, mask=None, causal=False, scale=head_dim**-0.5)
     return out is not None
 
 

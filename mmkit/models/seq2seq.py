@@ -244,10 +244,7 @@ class Seq2SeqTransformer(nn.Module):
 
     def log_probs(self, logits: Tensor) -> Tensor:
         """Log-probabilities of the output normalizer (``-inf`` where a sparse one gives 0)."""
-        norm, logits = self.output_normalizer, logits.float()
-        if norm.is_modulated_softmax:
-            return torch.log_softmax(norm.modulate(logits), dim=-1)
-        return torch.log(norm(logits, dim=-1))
+        return self.output_normalizer.log_probs(logits.float())
 
     def no_weight_decay(self) -> set[str]:
         return set()

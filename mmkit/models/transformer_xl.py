@@ -34,7 +34,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..nn.adaptive import AdaptiveHead, AdaptiveInput, level_log_probs
+from ..nn.adaptive import AdaptiveHead, AdaptiveInput
 from ..nn.lm_head import DEFAULT_CHUNK_SIZE, fused_linear_cross_entropy, supports_fused_head
 from ..nn.relative import (
     FeedForward,
@@ -240,7 +240,7 @@ class TransformerXL(nn.Module):
         normalizer (``-inf`` where a sparse one gives 0); adaptive: see :mod:`mmkit.nn.adaptive`."""
         if self.adaptive:
             return self.head.log_probs(hidden, self.output_normalizer)
-        return level_log_probs(self.head(hidden), self.output_normalizer)
+        return self.output_normalizer.log_probs(self.head(hidden))
 
     def target_log_prob(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """``log p(target)`` ``[B, T]``; the adaptive head computes only the targets' clusters."""
@@ -341,8 +341,7 @@ class TransformerXL(nn.Module):
     def _pick(self, logits: Tensor, temperature: float, top_k: int | None, greedy: bool,
               generator: torch.Generator | None) -> Tensor:
         adaptive = self.adaptive  # `logits` are then log-probabilities
-        ranking = (self.output_normalizer.modulate(logits)
-                   if self.output_normalizer.is_modulated_softmax and not adaptive else logits)
+        ranking = logits if adaptive else self.output_normalizer.ranking(logits)
         if greedy:
             return ranking.argmax(-1, keepdim=True)
         scores = logits.float() / temperature

@@ -154,15 +154,6 @@ class AdaptiveInput(_Layout):
         return out.view(*tokens.shape, self.d_model) * self.scale
 
 
-def level_log_probs(z: Tensor, normalizer: Normalizer) -> Tensor:
-    """``log φ(z)`` along the last dim in fp32 at least: ``log_softmax(σ(z))`` for a modulated
-    softmax, else the log of the normalizer's probabilities (``-inf`` at exact zeros)."""
-    z = z.to(torch.promote_types(z.dtype, torch.float32))
-    if normalizer.is_modulated_softmax:
-        return torch.log_softmax(normalizer.modulate(z), dim=-1)
-    return normalizer(z, dim=-1).log()
-
-
 class AdaptiveHead(_Layout):
     """Adaptive softmax over ``hidden [..., d_model]`` with any output normalizer (passed to
     each call, so the model keeps one ``output_normalizer``). Arguments as
@@ -232,11 +223,11 @@ class AdaptiveHead(_Layout):
     def log_probs(self, hidden: Tensor, normalizer: Normalizer) -> Tensor:
         """``log p(w)`` for the whole vocabulary: ``[..., d_model] -> [..., V]`` (fp32 at least)."""
         h = hidden.reshape(-1, self.d_model)  # [N, d_model]
-        head = level_log_probs(self.logits(h, 0), normalizer)  # [N, c_1 + n]
+        head = normalizer.log_probs(self.logits(h, 0))  # [N, c_1 + n]
         shortlist = self.bounds[1]
         parts = [head[:, :shortlist]]
         for i in range(1, self.n_clusters + 1):
-            parts.append(head[:, shortlist + i - 1, None] + level_log_probs(self.logits(h, i), normalizer))
+            parts.append(head[:, shortlist + i - 1, None] + normalizer.log_probs(self.logits(h, i)))
         return torch.cat(parts, dim=-1).view(*hidden.shape[:-1], self.vocab_size)
 
     def forward(self, hidden: Tensor, normalizer: Normalizer) -> Tensor:
@@ -247,12 +238,12 @@ class AdaptiveHead(_Layout):
         tail cluster only for the tokens whose target lies in it."""
         h, t = hidden.reshape(-1, self.d_model), target.reshape(-1)  # [N, d_model], [N]
         cluster, head_t = self._head_target(t)
-        out = level_log_probs(self.logits(h, 0), normalizer).gather(-1, head_t[:, None])[:, 0]  # [N]
+        out = normalizer.log_probs(self.logits(h, 0)).gather(-1, head_t[:, None])[:, 0]  # [N]
         for i in range(1, self.n_clusters + 1):
             idx = (cluster == i).nonzero().squeeze(1)  # [N_i]
             if idx.numel() == 0:
                 continue
-            logp = level_log_probs(self.logits(h[idx], i), normalizer)  # [N_i, size_i]
+            logp = normalizer.log_probs(self.logits(h[idx], i))  # [N_i, size_i]
             inner = logp.gather(-1, (t[idx] - self.bounds[i])[:, None])[:, 0]
             out = out.index_add(0, idx, inner)
         return out.view(target.shape)

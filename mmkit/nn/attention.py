@@ -1,15 +1,16 @@
 """Attention with a pluggable normalizer: one ``attend()`` that every model calls.
 
-Dispatch (fastest correct path first):
+Dispatch (fastest correct path first) reads only the normalizer's declared
+:meth:`~mmkit.normalizers.Normalizer.fused_form`:
 
-1. :class:`~mmkit.normalizers.SoftMax` -> ``F.scaled_dot_product_attention``. A
-   temperature ``T`` is folded into the queries (``softmax(q·kᵀ/T) = SDPA(q/T)``),
+1. An identity or temperature form (SoftMax) -> ``F.scaled_dot_product_attention``.
+   A temperature ``T`` is folded into the queries (``softmax(q·kᵀ/T) = SDPA(q/T)``),
    so learnable temperatures stay on the fused path too.
-2. :class:`~mmkit.normalizers.MultiMax` on CUDA -> the fused kernel in
-   :mod:`mmkit.nn.kernels` when it applies (no bias, no dropout).
-3. Everything else -> the materialized reference path: scores, then the
-   normalizer with the mask (so ``-inf`` never meets a modulator), then dropout,
-   then ``@ v``.
+2. A SegLU form (MultiMax) on CUDA -> the fused kernel in :mod:`mmkit.nn.kernels`,
+   given the form's ``ranges`` and ``ts``, when it applies (no bias, no dropout).
+3. Everything else (no form, e.g. the sparse normalizers or a subclass that changed
+   the maths) -> the materialized reference path: scores, then the normalizer with
+   the mask (so ``-inf`` never meets a modulator), then dropout, then ``@ v``.
 
 ``need_weights=True`` always takes the materialized path and also returns the
 probabilities; nothing is ever stored on a module.
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..normalizers import MultiMax, Normalizer, NormalizerSpec, SoftMax, make_normalizer
+from ..normalizers import FusedForm, Normalizer, NormalizerSpec, make_normalizer
 from . import kernels
 from .masks import merge_masks
 
@@ -76,11 +77,18 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, normalizer: SoftMax, mask: Tensor | None,
+def _divide(x: Tensor, form: FusedForm) -> Tensor:
+    """``x / T``; a learnt ``T`` is taken afresh from ``log T`` for each use, as
+    ``SoftMax.modulate`` does, so parameter gradients are summed in the same order."""
+    t = form.temperature if form.log_temperature is None else form.log_temperature.exp()
+    return x / (t if isinstance(t, float) else t.to(x.dtype))
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, form: FusedForm, mask: Tensor | None,
           causal: bool, bias: Tensor | None, dropout_p: float, scale: float) -> Tensor:
-    if not normalizer.is_identity:
-        q = normalizer.modulate(q)  # q / T
-        bias = None if bias is None else normalizer.modulate(bias)
+    if form.kind == "temperature":
+        q = _divide(q, form)  # q / T
+        bias = None if bias is None else _divide(bias, form)
     nq, nk = q.shape[-2], k.shape[-2]
     if mask is None and bias is None and (not causal or nq == nk):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal,
@@ -135,12 +143,13 @@ def attend(
     _check_inputs(q, k, v, mask, dropout_p)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     captures = _CAPTURE.get()
-    if not need_weights and not captures:
-        if isinstance(normalizer, SoftMax):
-            return _sdpa(q, k, v, normalizer, mask, causal, bias, dropout_p, scale)
-        if (isinstance(normalizer, MultiMax) and q.is_cuda and bias is None and dropout_p == 0.0):
-            # The fused MultiMax flash-attention kernel; None means it does not apply.
-            out = kernels.multimax_attention(q, k, v, normalizer, mask=mask, causal=causal,
+    form = None if need_weights or captures else normalizer.fused_form()
+    if form is not None:
+        if form.is_softmax:
+            return _sdpa(q, k, v, form, mask, causal, bias, dropout_p, scale)
+        if q.is_cuda and bias is None and dropout_p == 0.0:
+            # The fused SegLU flash-attention kernel; None means it does not apply.
+            out = kernels.multimax_attention(q, k, v, form.ranges, form.ts, mask=mask, causal=causal,
                                              scale=scale)
             if out is not None:
                 return out

@@ -41,18 +41,22 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..normalizers import MultiMax, Normalizer, SoftMax
+from ..normalizers import FusedForm, Normalizer
 from ._lm_head_chunk import chunk_function
 
 DEFAULT_CHUNK_SIZE = 2048
 
 
 def supports_fused_head(normalizer: Normalizer) -> bool:
-    """``True`` for the output normalizers the fused head implements exactly:
-    :class:`SoftMax` (any temperature) and a shared (not per-head) :class:`MultiMax`."""
-    if isinstance(normalizer, MultiMax):
-        return normalizer.num_heads is None and type(normalizer).modulate is MultiMax.modulate
-    return isinstance(normalizer, SoftMax) and type(normalizer).modulate is SoftMax.modulate
+    """``True`` for the output normalizers the fused head implements exactly: those that
+    declare a :class:`~mmkit.normalizers.FusedForm` (identity, any temperature, SegLU) with
+    shared (not per-head) parameters, i.e. :class:`SoftMax` and a shared :class:`MultiMax`."""
+    return _head_form(normalizer) is not None
+
+
+def _head_form(normalizer: Normalizer) -> FusedForm | None:
+    form = normalizer.fused_form()
+    return None if form is None or form.per_head else form
 
 
 @dataclass(frozen=True)
@@ -143,10 +147,12 @@ def _check_inputs(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: T
                   normalizer: Normalizer, chunk_size: int, label_smoothing: float,
                   reduction: str) -> None:
     if not supports_fused_head(normalizer):
-        what = ("a per-head MultiMax" if isinstance(normalizer, MultiMax) and normalizer.num_heads
+        form = normalizer.fused_form()
+        what = (f"a per-head {type(normalizer).__name__}" if form is not None and form.per_head
                 else type(normalizer).__name__)
         raise ValueError(
-            f"the fused LM head supports SoftMax and a shared (num_heads=None) MultiMax, got {what}; "
+            f"the fused LM head supports normalizers with a shared fused form (SoftMax and a shared "
+            f"(num_heads=None) MultiMax), got {what}; "
             "use the unfused `normalizer.loss(hidden @ weight.T + bias, target)` instead")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum' for the fused LM head, got {reduction!r} "
@@ -188,7 +194,8 @@ def fused_linear_cross_entropy(
         weight: output projection ``[V, D]`` (may be a tied embedding).
         bias: ``[V]`` or ``None``.
         target: class ids shaped like ``hidden`` without its last dim.
-        normalizer: :class:`~mmkit.normalizers.SoftMax` or a shared
+        normalizer: one with a shared :class:`~mmkit.normalizers.FusedForm` (see
+            :func:`supports_fused_head`), e.g. :class:`~mmkit.normalizers.SoftMax` or a shared
             :class:`~mmkit.normalizers.MultiMax`; its parameters get gradients.
         chunk_size: tokens per chunk; the peak extra memory is a few ``[chunk_size, V]``
             buffers.
@@ -212,15 +219,17 @@ def fused_linear_cross_entropy(
     hidden = hidden.reshape(-1, hidden.shape[-1])  # [T, D]
     target = target.reshape(-1)  # [T]
 
+    form = _head_form(normalizer)
     order, p1, p2, temperature = 0, None, None, None
-    if isinstance(normalizer, MultiMax):
-        kind, order, p1, p2 = "seglu", normalizer.order, normalizer.ranges, normalizer.ts
-    elif normalizer.learnable:
-        kind, p1 = "log_temperature", normalizer.log_temperature
-    elif normalizer.is_identity:
+    if form.kind == "seglu":
+        kind, order, p1, p2 = "seglu", form.order, form.ranges, form.ts
+    elif form.kind == "identity":
         kind = "identity"
-    else:  # a fixed temperature: the exact Python float SoftMax divides by (no host-to-device copy)
-        kind, temperature = "temperature", normalizer._fixed_t
+    elif isinstance(form.temperature, float):  # fixed: the exact Python float (no host-to-device copy)
+        kind, temperature = "temperature", form.temperature
+    else:  # learnt: the chunks return the gradient with respect to log T
+        kind, p1 = "log_temperature", (form.log_temperature if form.log_temperature is not None
+                                       else form.temperature.log())
     grad_on = torch.is_grad_enabled()
     spec = _Spec(
         kind=kind, order=order, temperature=temperature, chunk_size=chunk_size, ignore_index=ignore_index,

@@ -15,7 +15,7 @@ import importlib
 import inspect
 from typing import Any, Union
 
-from .base import Normalizer
+from .base import FusedForm, Normalizer
 from .entmax import Entmax, entmax_bisect
 from .entmax15 import Entmax15, entmax15
 from .evsoftmax import EvSoftMax
@@ -116,7 +116,7 @@ def describe_normalizer(spec: NormalizerSpec) -> dict[str, Any]:
 
 
 __all__ = [
-    "NORMALIZERS", "Normalizer", "NormalizerSpec", "build_normalizer", "make_normalizer",
+    "NORMALIZERS", "FusedForm", "Normalizer", "NormalizerSpec", "build_normalizer", "make_normalizer",
     "describe_normalizer", "normalizer_class", "split_spec",
     "SoftMax", "SparseMax", "Entmax15", "Entmax", "MultiMax", "EvSoftMax",
     "sparsemax", "entmax15", "entmax_bisect", "seglu",

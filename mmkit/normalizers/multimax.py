@@ -18,7 +18,16 @@ from torch import Tensor, nn
 
 from ._multimax_cpu import multimax_rows
 from ._sparse import to_rows
-from .base import Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast, per_head_view
+from .base import (
+    FusedForm,
+    Normalizer,
+    check_dim,
+    check_mask,
+    compute_dtype,
+    masked_softmax,
+    no_autocast,
+    per_head_view,
+)
 from .losses import cross_entropy
 
 
@@ -51,6 +60,7 @@ class MultiMax(Normalizer):
     """
 
     is_modulated_softmax = True
+    fused_form_guards = (*Normalizer.fused_form_guards, "_params", "_forward_fused")
 
     def __init__(self, order: int = 2, num_heads: int | None = None, init_std: float = 0.02,
                  fused: bool = True) -> None:
@@ -81,6 +91,11 @@ class MultiMax(Normalizer):
         if self.num_heads is None:
             return r.view(-1, *([1] * scores.ndim)), t.view(-1, *([1] * scores.ndim))
         return per_head_view(r.t(), scores, dim), per_head_view(t.t(), scores, dim)  # [2N, H, 1, 1]
+
+    def _fused_form(self) -> FusedForm:
+        """SegLU with the parameters themselves (``[2N]``, or ``[H, 2N]`` per head); ``fused``
+        only picks this module's own CPU implementation and does not change the maths."""
+        return FusedForm("seglu", ranges=self.ranges, ts=self.ts, order=self.order)
 
     def modulate(self, scores: Tensor) -> Tensor:
         """σ(scores) (the whole tensor; with ``num_heads``, heads third from last)."""

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast
+from .base import FusedForm, Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast
 from .losses import cross_entropy
 
 
@@ -20,6 +20,7 @@ class SoftMax(Normalizer):
     """
 
     is_modulated_softmax = True
+    fused_form_guards = (*Normalizer.fused_form_guards, "temperature", "is_identity")
 
     def __init__(self, temperature: float = 1.0, learnable: bool = False) -> None:
         super().__init__()
@@ -38,6 +39,14 @@ class SoftMax(Normalizer):
     def is_identity(self) -> bool:
         """``True`` when this is the plain softmax (attention may then call SDPA as is)."""
         return not self.learnable and self._fixed_t == 1.0
+
+    def _fused_form(self) -> FusedForm:
+        if self.learnable:
+            return FusedForm("temperature", temperature=self.temperature,
+                             log_temperature=self.log_temperature)
+        if self.is_identity:
+            return FusedForm("identity")
+        return FusedForm("temperature", temperature=self._fixed_t)
 
     def modulate(self, scores: Tensor) -> Tensor:
         if self.is_identity:

@@ -85,8 +85,7 @@ class ImageClassification(LightningModule):
 
     def _ranking(self, logits: Tensor) -> Tensor:
         """Scores whose order is the output normalizer's order (for top-k accuracy)."""
-        norm = self.output_normalizer
-        return norm.modulate(logits) if norm.is_modulated_softmax else logits
+        return self.output_normalizer.ranking(logits)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, target = batch

@@ -146,8 +146,8 @@ class LanguageModeling(LightningModule):
         """``-log p(target)`` per token under the output normalizer (smoothed if sparse)."""
         norm = self.output_normalizer
         logits = logits.float()
-        if norm.is_modulated_softmax:
-            logp = torch.log_softmax(norm.modulate(logits), dim=-1)
+        if norm.modulated_softmax():
+            logp = norm.log_probs(logits)
         else:
             eps = self.hparams.ppl_epsilon
             p = norm(logits, dim=-1)
@@ -157,7 +157,7 @@ class LanguageModeling(LightningModule):
     def target_nll(self, log_prob: Tensor) -> Tensor:
         """``-log p(target)`` from the exact ``log p(target)``, smoothed as :meth:`token_nll`
         when the output normalizer is not a modulated softmax."""
-        if self.output_normalizer.is_modulated_softmax:
+        if self.output_normalizer.modulated_softmax():
             return -log_prob
         eps = self.hparams.ppl_epsilon
         return -torch.log((log_prob.exp() + eps) / (1.0 + eps * self.network.vocab_size))

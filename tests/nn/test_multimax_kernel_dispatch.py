@@ -93,16 +93,18 @@ def test_use_fused_backward_reaches_attend_on_cuda(monkeypatch):
     monkeypatch.setattr(flash, "multimax_flash_attention", lambda *a, **kw: seen.append(kw))
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     q, k, v = _inputs()
-    kernels.multimax_attention(q, k, v, MultiMax(), mask=None, causal=False, scale=0.25)
+    prm = (MultiMax().ranges, MultiMax().ts)
+    kernels.multimax_attention(q, k, v, *prm, mask=None, causal=False, scale=0.25)
     with kernels.use_fused_backward():
-        kernels.multimax_attention(q, k, v, MultiMax(), mask=None, causal=False, scale=0.25)
-    kernels.multimax_attention(q, k, v, MultiMax(), mask=None, causal=False, scale=0.25)
+        kernels.multimax_attention(q, k, v, *prm, mask=None, causal=False, scale=0.25)
+    kernels.multimax_attention(q, k, v, *prm, mask=None, causal=False, scale=0.25)
     assert [kw["fused_backward"] for kw in seen] == [False, True, False]
 
 
 def test_multimax_attention_returns_none_off_cuda():
     q, k, v = _inputs()
-    assert multimax_attention(q, k, v, MultiMax(), mask=None, causal=False, scale=0.25) is None
+    norm = MultiMax()
+    assert multimax_attention(q, k, v, norm.ranges, norm.ts, mask=None, causal=False, scale=0.25) is None
 
 
 def test_use_multimax_kernel_restores_the_flag():
@@ -119,15 +121,15 @@ def test_use_multimax_kernel_restores_the_flag():
 def test_multimax_attention_falls_back_on_cuda_for_unsupported_inputs():
     norm = MultiMax().cuda()
     q, k, v = _inputs("cuda", torch.float64)
-    assert multimax_attention(q, k, v, norm, mask=None, causal=False, scale=0.25) is None
+    assert multimax_attention(q, k, v, norm.ranges, norm.ts, mask=None, causal=False, scale=0.25) is None
     q, k, v = _inputs("cuda", d=24)
-    assert multimax_attention(q, k, v, norm, mask=None, causal=False, scale=0.25) is None
+    assert multimax_attention(q, k, v, norm.ranges, norm.ts, mask=None, causal=False, scale=0.25) is None
     q, k, v = _inputs("cuda")
     full = torch.ones(1, 1, 8, 8, dtype=torch.bool, device="cuda")
-    assert multimax_attention(q, k, v, norm, mask=full, causal=False, scale=0.25) is None
+    assert multimax_attention(q, k, v, norm.ranges, norm.ts, mask=full, causal=False, scale=0.25) is None
     with use_multimax_kernel(False):
-        assert multimax_attention(q, k, v, norm, mask=None, causal=False, scale=0.25) is None
-    assert multimax_attention(q, k, v, norm, mask=None, causal=False, scale=0.25) is not None
+        assert multimax_attention(q, k, v, norm.ranges, norm.ts, mask=None, causal=False, scale=0.25) is None
+    assert multimax_attention(q, k, v, norm.ranges, norm.ts, mask=None, causal=False, scale=0.25) is not None
 
 
 @pytest.mark.gpu

@@ -1,6 +1,7 @@
 """Fused attention kernels.
 
-:func:`multimax_attention` is the hook ``attend`` calls for MultiMax on CUDA: it runs
+:func:`multimax_attention` is the hook ``attend`` calls for a SegLU form (MultiMax) on
+CUDA, with the form's ``ranges`` and ``ts`` tensors (no normalizer object): it runs
 the Triton MultiMax flash-attention kernel (:mod:`.multimax_flash`) when the inputs
 are supported and returns ``None`` otherwise, so ``attend`` falls back to the
 materialized path, which is the reference for the kernel. Triton is imported lazily:
@@ -18,8 +19,6 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 from torch import Tensor
-
-from ...normalizers import MultiMax
 
 if TYPE_CHECKING:  # imports Triton
     from ._flash_launch import BlockConfig
@@ -72,25 +71,25 @@ def multimax_flash_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts
                fused_backward=fused_backward)
 
 
-def multimax_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: MultiMax, *,
+def multimax_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts: Tensor, *,
                        mask: Tensor | None, causal: bool, scale: float) -> Tensor | None:
     """The fused MultiMax attention output, or ``None`` when no kernel applies.
 
-    The contract for a kernel: the same value and gradients (q, k, v and the SegLU
-    parameters) as ``normalizer(q @ kᵀ · scale, mask) @ v`` with a bottom-right
-    causal mask when ``causal``; no dropout, no bias, no weights returned.
-    ``None`` when the kernel is disabled, the tensors are not on CUDA, Triton is
-    missing, or the dtype, head dim or mask shape is not supported.
+    ``ranges`` and ``ts`` are the SegLU parameters, ``[2N]`` or ``[H, 2N]`` (a SegLU
+    :class:`~mmkit.normalizers.FusedForm`'s). The contract for a kernel: the same value
+    and gradients (q, k, v, ``ranges`` and ``ts``) as
+    ``softmax(seglu(q @ kᵀ · scale, ranges, ts), mask) @ v`` with a bottom-right causal
+    mask when ``causal``; no dropout, no bias, no weights returned. ``None`` when the
+    kernel is disabled, the tensors are not on CUDA, Triton is missing, or the dtype,
+    head dim or mask shape is not supported.
     """
-    if not _state["enabled"] or not q.is_cuda or not isinstance(normalizer, MultiMax):
+    if not _state["enabled"] or not q.is_cuda:
         return None
     try:
         from . import multimax_flash
     except ImportError:  # no Triton
         return None
-    reason = multimax_flash.unsupported_reason(q, k, v, normalizer.ranges, normalizer.ts, mask, scale)
-    if reason is not None:
+    if multimax_flash.unsupported_reason(q, k, v, ranges, ts, mask, scale) is not None:
         return None
-    return multimax_flash.multimax_flash_attention(q, k, v, normalizer.ranges, normalizer.ts,
-                                                   mask=mask, causal=causal, scale=scale,
-                                                   fused_backward=_state["fused_backward"])
+    return multimax_flash.multimax_flash_attention(q, k, v, ranges, ts, mask=mask, causal=causal,
+                                                   scale=scale, fused_backward=_state["fused_backward"])
