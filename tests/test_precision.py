@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmkit.cli import MMKitCLI
+from mmkit.kernels import flash as kernels
 from mmkit.models import Seq2SeqTransformer, TransformerXL, VisionTransformer
-from mmkit.nn import kernels
 from mmkit.nn.attention import capture_attention
 from mmkit.normalizers import MultiMax, Normalizer, make_normalizer
 

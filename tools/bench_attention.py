@@ -6,7 +6,7 @@ one batch row and two heads), then times fwd+bwd (``triton.testing.do_bench``, m
 and measures the peak memory above the inputs for:
 
 * ``sdpa``: softmax through ``F.scaled_dot_product_attention`` (the baseline);
-* ``multimax``: the Triton MultiMax flash kernel (mmkit.nn.kernels);
+* ``multimax``: the Triton MultiMax flash kernel (mmkit.kernels.flash);
 * ``multimax-fused``: the same kernel with the one-pass backward (``fused_bwd``: dq by
   per-tile atomics, σ and σ′ computed once);
 * ``compiled``: the materialized MultiMax reference under ``torch.compile``;
@@ -111,7 +111,7 @@ def build(method: str, causal: bool, n: int) -> Callable:
     import torch
     import torch.nn.functional as F
 
-    from mmkit.nn.kernels import multimax_flash_attention
+    from mmkit.kernels.flash import multimax_flash_attention
 
     if method == "sdpa":
         return lambda q, k, v, norm: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -128,7 +128,7 @@ def check_kernel(q, k, v, norm, causal: bool, fused_bwd: bool = False) -> str:
     """Max abs errors of the kernel vs the fp32 materialized reference (1 batch row, 2 heads)."""
     import torch
 
-    from mmkit.nn.kernels import multimax_flash_attention
+    from mmkit.kernels.flash import multimax_flash_attention
 
     sub = [t[:1, :2].detach() for t in (q, k, v)]
     grad = torch.randn_like(sub[0])

@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import torch
 
+from mmkit.kernels.sparse_triton import torch_path_only
 from mmkit.normalizers import build_normalizer, entmax_bisect
-from mmkit.normalizers._triton_sparse import torch_path_only
 
 try:
     import entmax as entmax_pkg

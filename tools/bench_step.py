@@ -7,7 +7,7 @@ autocast and AdamW (forward, backward, step):
 * ``softmax``: SoftMax attention through SDPA (the baseline);
 * ``multimax``: MultiMax attention through the Triton flash kernel;
 * ``multimax-fused-bwd``: the same kernel with its one-pass backward
-  (``mmkit.nn.kernels.use_fused_backward``);
+  (``mmkit.kernels.flash.use_fused_backward``);
 * ``multimax-materialized``: MultiMax with the kernel disabled, scores materialized
   (what the upstream code does).
 
@@ -78,7 +78,7 @@ class Variant:
         import torch
         import torch.nn.functional as F
 
-        from mmkit.nn.kernels import use_fused_backward, use_multimax_kernel
+        from mmkit.kernels.flash import use_fused_backward, use_multimax_kernel
 
         with use_multimax_kernel(self.fused), use_fused_backward(self.fused_bwd):
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -109,7 +109,7 @@ def kernel_in_use(batch: int, heads: int, tokens: int, head_dim: int) -> bool:
     """Whether ``attend`` would take the MultiMax kernel at this model's shapes."""
     import torch
 
-    from mmkit.nn.kernels import multimax_attention
+    from mmkit.kernels.flash import multimax_attention
     from mmkit.normalizers import MultiMax
 
     q, k, v = (torch.randn(batch, heads, tokens, head_dim, device="cuda", dtype=torch.bfloat16)

@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import triton
 
-    from mmkit.nn.kernels._flash_bwd import mm_bwd_dkdv_kernel, mm_bwd_dq_kernel
-    from mmkit.nn.kernels._flash_bwd_fused import mm_bwd_fused_kernel
-    from mmkit.nn.kernels._flash_fwd import mm_fwd_kernel
-    from mmkit.nn.kernels._flash_launch import CUDA_CONFIGS
+    from mmkit.kernels.flash._bwd import mm_bwd_dkdv_kernel, mm_bwd_dq_kernel
+    from mmkit.kernels.flash._bwd_fused import mm_bwd_fused_kernel
+    from mmkit.kernels.flash._fwd import mm_fwd_kernel
+    from mmkit.kernels.flash._launch import CUDA_CONFIGS
 
     order = args.order
     np_cols = triton.next_power_of_2(4 * order)

@@ -41,7 +41,7 @@ def main() -> None:
     import torch.nn.functional as F
     from triton.testing import do_bench
 
-    from mmkit.nn.kernels._flash_launch import (
+    from mmkit.kernels.flash._launch import (
         flash_forward,
         fold_parameters,
         launch_dkdv,
@@ -137,8 +137,8 @@ def host_overhead(head_dim: int, calls: int = 200) -> None:
     """Host microseconds per call of each piece at a size where the GPU work is negligible."""
     import time
 
-    from mmkit.nn.kernels import _flash_launch as fl
-    from mmkit.nn.kernels import multimax_flash_attention
+    from mmkit.kernels.flash import _launch as fl
+    from mmkit.kernels.flash import multimax_flash_attention
     from mmkit.normalizers import MultiMax
 
     norm = MultiMax().cuda()

@@ -6,7 +6,7 @@ Dispatch (fastest correct path first) reads only the normalizer's declared
 1. An identity or temperature form (SoftMax) -> ``F.scaled_dot_product_attention``.
    A temperature ``T`` is folded into the queries (``softmax(q·kᵀ/T) = SDPA(q/T)``),
    so learnable temperatures stay on the fused path too.
-2. A SegLU form (MultiMax) on CUDA -> the fused kernel in :mod:`mmkit.nn.kernels`,
+2. A SegLU form (MultiMax) on CUDA -> the fused kernel in :mod:`mmkit.kernels.flash`,
    given the form's ``ranges`` and ``ts``, when it applies (no bias, no dropout).
 3. Everything else (no form, e.g. the sparse normalizers or a subclass that changed
    the maths) -> the materialized reference path: scores, then the normalizer with
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..kernels import flash
 from ..normalizers import FusedForm, Normalizer, NormalizerSpec, make_normalizer
-from . import kernels
 from .masks import merge_masks
 
 #: ``fn(normalizer, scores, probs, keep)`` with detached ``scores`` and ``probs``
@@ -149,8 +149,8 @@ def attend(
             return _sdpa(q, k, v, form, mask, causal, bias, dropout_p, scale)
         if q.is_cuda and bias is None and dropout_p == 0.0:
             # The fused SegLU flash-attention kernel; None means it does not apply.
-            out = kernels.multimax_attention(q, k, v, form.ranges, form.ts, mask=mask, causal=causal,
-                                             scale=scale)
+            out = flash.multimax_attention(q, k, v, form.ranges, form.ts, mask=mask, causal=causal,
+                                           scale=scale)
             if out is not None:
                 return out
     keep = merge_masks(mask, causal, q.shape[-2], k.shape[-2], q.device)

@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .. import kernels
+from ..kernels.lm_head_chunk import chunk_function
 from ..normalizers import FusedForm, Normalizer
-from ._lm_head_chunk import chunk_function
 
 DEFAULT_CHUNK_SIZE = 2048
 
@@ -206,8 +207,14 @@ def fused_linear_cross_entropy(
 
     Returns:
         The 0-d loss (fp32 for half inputs).
+
+    Inside ``mmkit.kernels.disabled("lm_head_chunk")`` it computes the unfused
+    ``normalizer.loss`` on the full logits instead (same value, same gradients).
     """
     _check_inputs(hidden, weight, bias, target, normalizer, chunk_size, label_smoothing, reduction)
+    if not kernels.enabled("lm_head_chunk"):  # switched off: the unfused reference
+        return normalizer.loss(F.linear(hidden, weight, bias), target, ignore_index=ignore_index,
+                               label_smoothing=label_smoothing, reduction=reduction)
     device = hidden.device.type
     if torch.is_autocast_enabled(device):  # match the unfused path: the head runs in the autocast dtype
         dtype = torch.get_autocast_dtype(device)

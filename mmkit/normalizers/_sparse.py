@@ -18,36 +18,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .base import check_dim, check_mask, compute_dtype, no_autocast
+from ..kernels.rows import check_dim, to_rows
+from .base import check_mask, compute_dtype, no_autocast
 
 #: Fill value for masked entries in the scaled, shifted domain (below every τ >= -1).
 MASK_FILL = -2.0
 
 #: Maps the sorted prefix ``[m, k]`` of rows ``rows`` (``None``: all) to ``(τ, support size)``.
 ThresholdFn = Callable[[Tensor, "Tensor | None"], tuple[Tensor, Tensor]]
-
-
-def to_rows(x: Tensor, dim: int) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """Move ``dim`` last and flatten to ``[M, N]``; return a function that undoes it.
-
-    ``dim`` already last (the usual case) skips the two ``movedim`` calls: at short rows
-    the host time per op is most of the cost.
-    """
-    if dim % max(x.ndim, 1) == x.ndim - 1:
-        shape = x.shape
-
-        def back_last(r: Tensor) -> Tensor:
-            return r.reshape(shape)
-
-        return x.reshape(-1, shape[-1]), back_last  # [M, N]
-    moved = x.movedim(dim, -1)
-    shape = moved.shape
-    rows = moved.reshape(-1, shape[-1])  # [M, N]
-
-    def back(r: Tensor) -> Tensor:
-        return r.reshape(shape).movedim(-1, dim)
-
-    return rows, back
 
 
 def scaled_shifted(x: Tensor, scale: Tensor | float, mask: Tensor | None) -> Tensor:

@@ -25,6 +25,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from ..kernels.rows import check_dim as check_dim  # kept importable here for normalizer authors
+
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -186,13 +188,6 @@ def check_mask(scores: Tensor, mask: Tensor | None) -> Tensor | None:
         keep = ~torch.isneginf(scores)
         mask = keep if mask is None else mask & keep
     return mask
-
-
-def check_dim(scores: Tensor, dim: int) -> int:
-    """Return ``dim`` as a non-negative index, with a clear error when out of range."""
-    if not -scores.ndim <= dim < max(scores.ndim, 1):
-        raise ValueError(f"dim={dim} is out of range for scores with {scores.ndim} dims")
-    return dim % max(scores.ndim, 1)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

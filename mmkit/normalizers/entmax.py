@@ -19,9 +19,10 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ._sparse import apply_mask, scaled_shifted, to_rows, topk_threshold
-from ._triton_sparse import triton_entmax_bisect, use_triton
-from .base import Normalizer, check_dim, check_mask, compute_dtype, no_autocast, per_head_view
+from ..kernels.rows import check_dim, to_rows
+from ..kernels.sparse_triton import triton_entmax_bisect, use_triton
+from ._sparse import apply_mask, scaled_shifted, topk_threshold
+from .base import Normalizer, check_mask, compute_dtype, no_autocast, per_head_view
 from .losses import fenchel_young_loss
 
 
@@ -93,7 +94,7 @@ def entmax_bisect(scores: Tensor, alpha: Tensor | float = 1.5, mask: Tensor | No
     """α-entmax along ``dim``; ``alpha`` a float or a tensor broadcastable to ``scores``
     that is constant along ``dim`` (e.g. ``[H, 1, 1]`` per head).
 
-    CUDA inputs run the Triton kernels of :mod:`._triton_sparse`, which bisect a fixed
+    CUDA inputs run the Triton kernels of :mod:`mmkit.kernels.sparse_triton`, which bisect a fixed
     number of steps to fp32 precision and ignore ``max_iter``; the rest the torch path.
     """
     if use_triton(scores, dim):

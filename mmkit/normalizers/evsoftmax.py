@@ -11,7 +11,8 @@ import math
 
 from torch import Tensor
 
-from .base import Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast
+from ..kernels.rows import check_dim
+from .base import Normalizer, check_mask, compute_dtype, masked_softmax, no_autocast
 from .losses import cross_entropy
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._multimax_cpu import multimax_rows
-from ._sparse import to_rows
+from .. import kernels
+from ..kernels.multimax_rows import multimax_rows
+from ..kernels.rows import check_dim, to_rows
 from .base import (
     FusedForm,
     Normalizer,
-    check_dim,
     check_mask,
     compute_dtype,
     masked_softmax,
@@ -55,8 +55,9 @@ class MultiMax(Normalizer):
         order: N, the highest power of the SegLU pieces (2 in the paper).
         num_heads: one set of parameters per head; scores ``[..., H, Nq, Nk]``.
         init_std: std of the truncated-normal init of ``ranges`` and ``ts``.
-        fused: on CPU, use the row-chunked fused forward/backward (same values and
-            gradients as the reference ``softmax(seglu(x))``, much faster).
+        fused: on CPU, use the row-chunked fused forward/backward of
+            :mod:`mmkit.kernels.multimax_rows` (same values and gradients as the reference
+            ``softmax(seglu(x))``, much faster) unless its ``"multimax_rows"`` switch is off.
     """
 
     is_modulated_softmax = True
@@ -108,7 +109,7 @@ class MultiMax(Normalizer):
         with no_autocast(scores):
             x = scores.to(compute_dtype(scores))
             r, t = self._params(x, dim)
-            if self.fused and x.device.type == "cpu":
+            if self.fused and x.device.type == "cpu" and kernels.enabled("multimax_rows"):
                 return self._forward_fused(x, r, t, mask, dim).to(scores.dtype)
             if mask is not None:  # σ(-inf) is NaN: feed σ a finite value, the mask zeroes it
                 x = x.masked_fill(~mask, 0.0)

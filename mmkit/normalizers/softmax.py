@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import FusedForm, Normalizer, check_dim, check_mask, compute_dtype, masked_softmax, no_autocast
+from ..kernels.rows import check_dim
+from .base import FusedForm, Normalizer, check_mask, compute_dtype, masked_softmax, no_autocast
 from .losses import cross_entropy
 
 

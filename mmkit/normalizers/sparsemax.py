@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..kernels.sparse_triton import triton_sparsemax, use_triton
 from ._sparse import apply_mask, normalize_rows, scaled_shifted, sparsemax_prefix, topk_threshold
-from ._triton_sparse import triton_sparsemax, use_triton
 from .base import Normalizer
 from .losses import fenchel_young_loss
 
@@ -34,7 +34,7 @@ class _SparsemaxFn(torch.autograd.Function):
 def sparsemax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) -> Tensor:
     """Exact sparsemax along ``dim`` with an optional keep-mask (see :mod:`.base`).
 
-    CUDA inputs run the Triton kernels of :mod:`._triton_sparse`; the rest the torch path.
+    CUDA inputs run the Triton kernels of :mod:`mmkit.kernels.sparse_triton`; the rest the torch path.
     """
     if use_triton(scores, dim):
         return triton_sparsemax(scores, mask, dim)

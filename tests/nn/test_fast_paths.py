@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmkit.nn import attend, kernels, padding_mask
+from mmkit.kernels import flash
+from mmkit.nn import attend, padding_mask
 from mmkit.nn.lm_head import fused_linear_cross_entropy, supports_fused_head
 from mmkit.normalizers import NORMALIZERS, FusedForm, MultiMax, Normalizer, SoftMax, seglu
 from mmkit.normalizers.base import masked_softmax
@@ -102,7 +103,7 @@ def test_seglu_forms_reach_the_kernel_hook_as_tensors(monkeypatch, variant):
     _, name, kwargs = variant
     norm = make(name, kwargs, dtype=torch.float32)
     seen = []
-    monkeypatch.setattr(kernels, "multimax_attention", lambda *a, **kw: seen.append(a) or a[0])
+    monkeypatch.setattr(flash, "multimax_attention", lambda *a, **kw: seen.append(a) or a[0])
     form = norm.fused_form()
     if form is not None:  # (the sparse normalizers would try their Triton kernels)
         monkeypatch.setattr(Tensor, "is_cuda", property(lambda self: True))

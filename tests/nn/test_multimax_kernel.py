@@ -59,7 +59,7 @@ def _worker() -> None:
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("the worker needs TRITON_INTERPRET=1 in its environment")
     _widen_bf16_dots()
-    from mmkit.nn.kernels import multimax_flash
+    from mmkit.kernels.flash import multimax_flash
 
     for line in sys.stdin:
         case = json.loads(line)

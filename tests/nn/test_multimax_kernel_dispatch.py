@@ -11,14 +11,14 @@ import dataclasses
 import pytest
 import torch
 
-from mmkit.nn import attend, padding_mask
-from mmkit.nn import kernels as kernels_pkg
-from mmkit.nn.kernels import (
+from mmkit.kernels import flash as kernels_pkg
+from mmkit.kernels.flash import (
     multimax_attention,
     multimax_kernel_enabled,
     use_fused_backward,
     use_multimax_kernel,
 )
+from mmkit.nn import attend, padding_mask
 from mmkit.normalizers import MultiMax
 
 from .test_multimax_kernel import NAMES, _params, _rel
@@ -30,7 +30,7 @@ def _inputs(device="cpu", dtype=torch.float32, d=16, nq=8, nk=8):
 
 def test_unsupported_inputs_are_reported():
     pytest.importorskip("triton")
-    from mmkit.nn.kernels import multimax_flash as flash
+    from mmkit.kernels.flash import multimax_flash as flash
 
     q, k, v = _inputs()
     r, t = torch.rand(4), torch.rand(4)
@@ -50,8 +50,8 @@ def test_unsupported_inputs_are_reported():
 def test_fused_backward_dispatch(monkeypatch):
     # Which backward runs (no kernel is launched: the launchers are replaced). The
     # one-pass backward adds dq with atomics, so deterministic mode keeps the two kernels.
-    from mmkit.nn.kernels import _flash_launch as fl
-    from mmkit.nn.kernels import multimax_flash as flash
+    from mmkit.kernels.flash import _launch as fl
+    from mmkit.kernels.flash import multimax_flash as flash
 
     calls = []
     monkeypatch.setattr(fl, "launch_fused", lambda *a: calls.append("fused") or (1, 2, 3, 4))
@@ -72,7 +72,7 @@ def test_fused_backward_dispatch(monkeypatch):
 
 
 def test_fused_backward_flag_reaches_the_tiles(monkeypatch):
-    from mmkit.nn.kernels import multimax_flash as flash
+    from mmkit.kernels.flash import multimax_flash as flash
 
     seen = []
     monkeypatch.setattr(flash._MultiMaxFlash, "apply", lambda *a: seen.append(a[-1]))
@@ -86,8 +86,8 @@ def test_fused_backward_flag_reaches_the_tiles(monkeypatch):
 
 
 def test_use_fused_backward_reaches_attend_on_cuda(monkeypatch):
-    from mmkit.nn import kernels
-    from mmkit.nn.kernels import multimax_flash as flash
+    from mmkit.kernels.flash import multimax_flash as flash
+    from mmkit.nn import kernels  # the public re-export of mmkit.kernels.flash
 
     seen = []
     monkeypatch.setattr(flash, "multimax_flash_attention", lambda *a, **kw: seen.append(kw))

@@ -49,7 +49,7 @@ def test_entmax_alpha_gradient(alpha):
 
 def test_multimax_fused_large_rows_gradcheck():
     """Several chunks and the per-row parameter layout of the fused CPU path."""
-    import mmkit.normalizers._multimax_cpu as cpu
+    import mmkit.kernels.multimax_rows as cpu
 
     norm = MultiMax(num_heads=2).double()
     with torch.no_grad():

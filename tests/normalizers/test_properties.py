@@ -165,7 +165,7 @@ def test_per_head_equals_separate_normalizers(vid, name, kw):
 
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), (2, 1, 3, 6)])
 def test_to_rows_flattens_every_dim_and_back_restores_it(shape):
-    from mmkit.normalizers._sparse import to_rows
+    from mmkit.kernels.rows import to_rows
 
     x = torch.randn(*shape)
     for dim in range(-len(shape), len(shape)):

@@ -2,7 +2,7 @@
 the ``entmax`` package.
 
 On CPU the kernels run under the Triton interpreter: the entry points of
-``mmkit.normalizers._triton_sparse`` pick interpreted kernels for CPU tensors, and
+``mmkit.kernels.sparse_triton`` pick interpreted kernels for CPU tensors, and
 ``TRITON_INTERPRET`` is set only while those are decorated (a test checks it does not
 leak). ``gpu`` tests run the compiled kernels on CUDA, half inputs included.
 """
@@ -16,8 +16,9 @@ pytest.importorskip("triton")
 
 import entmax as ref  # noqa: E402
 
+from mmkit.kernels import enabled  # noqa: E402
+from mmkit.kernels import sparse_triton as ts  # noqa: E402
 from mmkit.normalizers import Entmax, entmax15, entmax_bisect, sparsemax  # noqa: E402
-from mmkit.normalizers import _triton_sparse as ts  # noqa: E402
 
 #: (id, Triton entry, torch path, entmax package), each ``fn(x, mask, dim)``; a tensor α
 #: runs the bisection kernel, a float 1.5/2.0 the exact kernels.
@@ -161,13 +162,13 @@ def test_dispatch_keeps_cpu_on_the_torch_path_and_env_clean():
     from triton.runtime.interpreter import InterpretedFunction
     from triton.runtime.jit import JITFunction
 
-    from mmkit.normalizers import _triton_kernels as tk
+    from mmkit.kernels import sparse_triton_kernels as tk
 
     x = torch.randn(3, 7)
     assert not ts.use_triton(x, -1)
     with ts.torch_path_only():
-        assert not ts._enabled
-    assert ts._enabled
+        assert not enabled("sparse_triton")
+    assert enabled("sparse_triton")
     before = os.environ.get("TRITON_INTERPRET")
     tk.kernels.cache_clear()
     ts.triton_sparsemax(x)  # builds the interpreted kernels afresh

@@ -1,8 +1,9 @@
-"""The Triton path of sparsemax, 1.5-entmax and α-entmax (see :mod:`._triton_kernels`).
+"""The Triton path of sparsemax, 1.5-entmax and α-entmax (see :mod:`.sparse_triton_kernels`).
 
 :func:`sparsemax`, :func:`entmax15` and :func:`entmax_bisect` dispatch here for CUDA
 tensors (fp32, fp16, bf16) whose rows fit in one tile (``N <= MAX_N``); everything
-else, CPU included, takes the torch path. The entry points below take CPU tensors
+else, CPU included, takes the torch path, and so does everything inside
+``mmkit.kernels.disabled("sparse_triton")``. The entry points below take CPU tensors
 too, which then run under the Triton interpreter: that is how the tests check the
 kernels without a GPU. The semantics are those of the torch path: masked entries
 (mask ``False`` or score ``-inf``) get 0, fully masked rows are all zeros with zero
@@ -16,15 +17,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._sparse import to_rows
-from .base import check_dim
+from .rows import check_dim, to_rows
+from .switches import disabled, enabled
 
 #: Longest row the kernels hold in registers; longer rows take the torch path.
 MAX_N = 16384
@@ -34,7 +34,6 @@ MAX_N = 16384
 N_BISECT_EXACT, N_REFINE, N_BISECT_ALPHA, N_BISECT_ALPHA_GT2 = 20, 2, 20, 28
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KIND = {"sparsemax": 0, "entmax15": 1, "entmax": 2}
-_enabled = True
 
 
 @functools.cache
@@ -43,23 +42,18 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-@contextmanager
-def torch_path_only() -> Iterator[None]:
-    """Within this context CUDA inputs take the torch path (for benchmarks and checks)."""
-    global _enabled
-    old, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = old
+def torch_path_only() -> AbstractContextManager[None]:
+    """Within this context CUDA inputs take the torch path (for benchmarks and checks):
+    ``mmkit.kernels.disabled("sparse_triton")``."""
+    return disabled("sparse_triton")
 
 
 def use_triton(scores: Tensor, dim: int) -> bool:
     """Whether ``scores`` takes the Triton path: CUDA, a supported dtype, rows that fit."""
-    if not (_enabled and scores.is_cuda and scores.dtype in SUPPORTED_DTYPES and scores.ndim
+    if not (scores.is_cuda and scores.dtype in SUPPORTED_DTYPES and scores.ndim
             and scores.numel()):
         return False
-    return scores.shape[check_dim(scores, dim)] <= MAX_N and triton_available()
+    return scores.shape[check_dim(scores, dim)] <= MAX_N and triton_available() and enabled("sparse_triton")
 
 
 def _check_mask(scores: Tensor, mask: Tensor | None) -> None:
@@ -111,7 +105,7 @@ class _SparseRowsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor | None, mask: Tensor | None,
                 layout: tuple[int, int, int, int], kind: int, alpha_gt2: bool) -> Tensor:
-        from ._triton_kernels import kernels, launch_config
+        from .sparse_triton_kernels import kernels, launch_config
 
         k = kernels(interpret=not x.is_cuda)
         n_rows, n_cols = x.shape
@@ -133,7 +127,7 @@ class _SparseRowsFn(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        from ._triton_kernels import kernels, launch_config
+        from .sparse_triton_kernels import kernels, launch_config
 
         x, alpha, mask, stats = ctx.saved_tensors
         k = kernels(interpret=not x.is_cuda)

@@ -1,6 +1,6 @@
 """One-pass backward of MultiMax flash attention (opt-in: ``BlockConfig.fused_bwd``).
 
-The two-kernel backward (``_flash_bwd``) recomputes ``a = q·k``, σ, σ′ and ``p`` twice:
+The two-kernel backward (``_bwd``) recomputes ``a = q·k``, σ, σ′ and ``p`` twice:
 once in the dq kernel, once in the dk/dv kernel. Here they are computed once:
 
 * ``mm_bwd_delta_kernel`` stores ``Δ = rowsum(dO∘O)`` and zeroes the fp32 dq
@@ -21,14 +21,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flash_bwd import (
+from ._bwd import (
     accumulate_partials,
     key_block_query_bounds,
     load_query_rows,
     store_key_rows,
     store_partials,
 )
-from ._flash_common import load_key_keep, load_kv, seglu2_slope
+from ._common import load_key_keep, load_kv, seglu2_slope
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 """MultiMax flash attention: ``softmax(σ(q·kᵀ·scale)) @ v`` without materializing scores.
 
-:func:`multimax_flash_attention` runs the Triton kernels (``_flash_fwd``,
-``_flash_bwd``) under one :class:`torch.autograd.Function` that returns the
+:func:`multimax_flash_attention` runs the Triton kernels (``_fwd``,
+``_bwd``) under one :class:`torch.autograd.Function` that returns the
 gradients of q, k, v and of the SegLU parameters ``ranges`` and ``ts``. It works on
 any device Triton can run on: CUDA tensors, or CPU tensors under
 ``TRITON_INTERPRET=1`` (set before Triton is first imported; the tests run such
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._flash_launch import (
+from ._launch import (
     BlockConfig,
     flash_backward,
     flash_forward,

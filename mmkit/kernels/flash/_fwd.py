@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flash_common import keep_tile, load_key_keep, load_kv, query_key_bounds, seglu2
+from ._common import keep_tile, load_key_keep, load_kv, query_key_bounds, seglu2
 
 
 @triton.jit

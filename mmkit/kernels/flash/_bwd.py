@@ -24,7 +24,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._flash_common import (
+from ._common import (
     _load_piece,
     _pow,
     keep_tile,

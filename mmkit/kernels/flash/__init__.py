@@ -1,4 +1,4 @@
-"""Fused attention kernels.
+"""The MultiMax flash attention: the dispatch hook and the direct entry point.
 
 :func:`multimax_attention` is the hook ``attend`` calls for a SegLU form (MultiMax) on
 CUDA, with the form's ``ranges`` and ``ts`` tensors (no normalizer object): it runs
@@ -7,56 +7,49 @@ are supported and returns ``None`` otherwise, so ``attend`` falls back to the
 materialized path, which is the reference for the kernel. Triton is imported lazily:
 mmkit works without it.
 
-:func:`use_multimax_kernel` switches the kernel off (or on) for a block of code,
-e.g. to benchmark the materialized path; :func:`multimax_flash_attention` calls the
-kernel directly on any Triton device (CPU tensors need ``TRITON_INTERPRET=1``).
+The kernel follows the ``"flash"`` switch of :mod:`mmkit.kernels` (on by default) and
+its one-pass backward the ``"fused_backward"`` switch (off by default);
+:func:`use_multimax_kernel` and :func:`use_fused_backward` set them for a ``with``
+block. :func:`multimax_flash_attention` calls the kernel directly on any Triton device
+(CPU tensors need ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-if TYPE_CHECKING:  # imports Triton
-    from ._flash_launch import BlockConfig
+from ..switches import enabled, set_switch, switched
 
-_state = {"enabled": True, "fused_backward": False}
+if TYPE_CHECKING:  # imports Triton
+    from ._launch import BlockConfig
 
 
 def multimax_kernel_enabled() -> bool:
-    """Whether :func:`multimax_attention` may use the Triton kernel."""
-    return _state["enabled"]
+    """Whether :func:`multimax_attention` may use the Triton kernel (the ``"flash"`` switch)."""
+    return enabled("flash")
 
 
 def set_multimax_kernel(enabled: bool) -> None:
-    """Enable or disable the MultiMax kernel process-wide."""
-    _state["enabled"] = bool(enabled)
-
-
-@contextmanager
-def _switch(key: str, enabled: bool) -> Iterator[None]:
-    before = _state[key]
-    _state[key] = bool(enabled)
-    try:
-        yield
-    finally:
-        _state[key] = before
+    """Enable or disable the MultiMax kernel for the rest of the current context (thread)."""
+    set_switch("flash", bool(enabled))
 
 
 def use_multimax_kernel(enabled: bool = True) -> AbstractContextManager[None]:
-    """Enable or disable the MultiMax kernel inside a ``with`` block (restored after)."""
-    return _switch("enabled", enabled)
+    """Enable or disable the MultiMax kernel inside a ``with`` block (restored after);
+    the ``"flash"`` switch of :mod:`mmkit.kernels`."""
+    return switched("flash", bool(enabled))
 
 
 def use_fused_backward(enabled: bool = True) -> AbstractContextManager[None]:
     """Inside a ``with`` block, the kernel ``attend`` uses runs the one-pass backward
     (σ and σ′ computed once, dq added per tile with atomics: not bitwise reproducible,
     so it is skipped under ``torch.use_deterministic_algorithms``). Off by default:
-    it is checked for correctness but not yet timed against the two-kernel backward."""
-    return _switch("fused_backward", enabled)
+    it is checked for correctness but not yet timed against the two-kernel backward.
+    The ``"fused_backward"`` switch of :mod:`mmkit.kernels`."""
+    return switched("fused_backward", bool(enabled))
 
 
 def multimax_flash_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts: Tensor, *,
@@ -83,7 +76,7 @@ def multimax_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts: Tens
     kernel is disabled, the tensors are not on CUDA, Triton is missing, or the dtype,
     head dim or mask shape is not supported.
     """
-    if not _state["enabled"] or not q.is_cuda:
+    if not enabled("flash") or not q.is_cuda:
         return None
     try:
         from . import multimax_flash
@@ -92,4 +85,4 @@ def multimax_attention(q: Tensor, k: Tensor, v: Tensor, ranges: Tensor, ts: Tens
     if multimax_flash.unsupported_reason(q, k, v, ranges, ts, mask, scale) is not None:
         return None
     return multimax_flash.multimax_flash_attention(q, k, v, ranges, ts, mask=mask, causal=causal,
-                                                   scale=scale, fused_backward=_state["fused_backward"])
+                                                   scale=scale, fused_backward=enabled("fused_backward"))

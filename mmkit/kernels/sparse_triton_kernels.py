@@ -2,7 +2,7 @@
 
 Each program takes a ``[BLOCK_M, BLOCK_N]`` tile of whole rows (``BLOCK_N`` covers
 the row), so every row sits in registers and each pass over it is a reduction.
-The domain is the one of :mod:`._sparse`: ``X = (α-1) x - max((α-1) x)`` over the
+The domain is the one of :mod:`mmkit.normalizers._sparse`: ``X = (α-1) x - max((α-1) x)`` over the
 kept entries, where the threshold ``τ`` lies in ``[-1, -n^{-(α-1)}]`` (``n`` kept
 entries). Masked entries (mask ``False`` or score ``-inf``) become ``X = -inf`` and
 never enter the support.
@@ -18,7 +18,7 @@ never enter the support.
   as the torch path and the ``entmax`` package do. Per row the kernel stores the
   shift ``max``, ``τ`` and ``log2 Σp`` so that the backward recomputes ``p`` in fp32.
 * Backward: with ``s = p^{2-α}``, ``dx = g∘s - s (Σ g∘s) / Σ s``, and (learnable α)
-  the exact per-row ``dL/dα`` of :mod:`.entmax`.
+  the exact per-row ``dL/dα`` of :mod:`mmkit.normalizers.entmax`.
 
 The raw functions are jitted by :func:`kernels`, compiled for CUDA or run by the
 Triton interpreter for CPU tensors; ``TRITON_INTERPRET`` is set only while the

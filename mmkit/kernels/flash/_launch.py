@@ -14,9 +14,9 @@ import torch
 import triton
 from torch import Tensor
 
-from ._flash_bwd import mm_bwd_dkdv_kernel, mm_bwd_dq_kernel
-from ._flash_bwd_fused import mm_bwd_delta_kernel, mm_bwd_fused_kernel
-from ._flash_fwd import mm_fwd_kernel
+from ._bwd import mm_bwd_dkdv_kernel, mm_bwd_dq_kernel
+from ._bwd_fused import mm_bwd_delta_kernel, mm_bwd_fused_kernel
+from ._fwd import mm_fwd_kernel
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -27,7 +27,7 @@ class BlockConfig:
     """Tile sizes (``m`` = query rows, ``n`` = keys) and launch options of the three kernels.
 
     ``dkdv_m`` is the query step of the key-block kernel; ``dq_n`` the key step of the
-    query-block one. ``fused_bwd`` runs the one-pass backward (``_flash_bwd_fused``: the
+    query-block one. ``fused_bwd`` runs the one-pass backward (``_bwd_fused``: the
     dk/dv tiles and warps, dq by per-tile atomics) instead of the dq and dk/dv kernels.
     """
 
@@ -89,7 +89,7 @@ def _fold_coefficients(order: int, scale: float, device: torch.device) -> Tensor
 
 
 def fold_parameters(ranges: Tensor, ts: Tensor, order: int, scale: float) -> Tensor:
-    """``[Hp, 4·order]`` fp32 buffer ``[b″, d″, tb″, td″]`` per order (see ``_flash_common``).
+    """``[Hp, 4·order]`` fp32 buffer ``[b″, d″, tb″, td″]`` per order (see ``_common``).
 
     ``ranges``/``ts`` are ``[2N]`` (shared, Hp = 1) or ``[H, 2N]`` (per head). Two small
     device ops (a concatenation and an in-place product): the host cost matters at short
