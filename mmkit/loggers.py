@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 from typing import Any
 
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -37,9 +38,12 @@ class _AppendingWriter(ExperimentWriter):
         self._check_log_dir_exists()
 
     def _check_log_dir_exists(self) -> None:
+        self.rows = 0  # data rows in the file, kept up to date by save() and _keep_rows()
         if self._fs.isfile(self.metrics_file_path):  # keep it; continue its columns
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = list(next(csv.reader(f), []))
+                reader = csv.reader(f)
+                self.metrics_keys = list(next(reader, []))
+                self.rows = sum(1 for _ in reader)
 
     def log_hparams(self, params: dict[str, Any]) -> None:
         self._fs.makedirs(self.log_dir, exist_ok=True)
@@ -48,6 +52,7 @@ class _AppendingWriter(ExperimentWriter):
     def save(self) -> None:
         if self.metrics:
             self._fs.makedirs(self.log_dir, exist_ok=True)
+            self.rows += len(self.metrics)
         super().save()
 
 
@@ -73,7 +78,7 @@ def _read(writer: ExperimentWriter) -> tuple[list[str], list[dict[str, str]]]:
         return list(reader.fieldnames or []), list(reader)
 
 
-def _keep_rows(writer: ExperimentWriter, rows: int | None, step: int) -> int:
+def _keep_rows(writer: _AppendingWriter, rows: int | None, step: int) -> int:
     """Cut ``writer``'s ``metrics.csv`` to its first ``rows`` rows (or, without a count, to
     the rows logged before ``step``); returns how many rows were dropped."""
     if not writer._fs.isfile(writer.metrics_file_path):
@@ -88,7 +93,17 @@ def _keep_rows(writer: ExperimentWriter, rows: int | None, step: int) -> int:
             out = csv.DictWriter(f, fieldnames=header)
             out.writeheader()
             out.writerows(kept)
+    writer.rows = len(kept)
     return len(found) - len(kept)
+
+
+def _count_for(counts: dict[str, int], log_dir: str) -> int | None:
+    """The recorded row count of the log in ``log_dir``: by its path, or (a run folder moved
+    elsewhere) by its last two parts, ``<name>/<version>``; ``None`` when none is this log's."""
+    if log_dir in counts:
+        return counts[log_dir]
+    same = [n for d, n in counts.items() if Path(d).parts[-2:] == Path(log_dir).parts[-2:]]
+    return same[0] if len(same) == 1 else None
 
 
 class MetricsFollowCheckpoint(Callback):
@@ -129,9 +144,8 @@ class MetricsFollowCheckpoint(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
                 logger.save()
-                writer = logger.experiment
-                rows = len(_read(writer)[1]) if writer._fs.isfile(writer.metrics_file_path) else 0
-                checkpoint.setdefault(ROWS_KEY, {})[logger.log_dir] = rows + self._row_to_come(trainer)
+                rows = logger.experiment.rows + self._row_to_come(trainer)
+                checkpoint.setdefault(ROWS_KEY, {})[logger.log_dir] = rows
 
     def _row_to_come(self, trainer: Trainer) -> int:
         """1 when Lightning logs a row of the state being saved right after this save: the
@@ -153,8 +167,9 @@ class MetricsFollowCheckpoint(Callback):
         step = int(checkpoint.get("global_step", 0))
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
-                only = next(iter(counts.values())) if len(counts) == 1 else None  # the run was moved
-                rows = counts.get(logger.log_dir, only)
+                rows = _count_for(counts, logger.log_dir)
+                if counts and rows is None:  # another run's checkpoint: this log is not its log
+                    continue
                 dropped = _keep_rows(logger.experiment, rows, step)
                 if dropped:
                     path = logger.experiment.metrics_file_path

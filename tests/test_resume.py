@@ -235,3 +235,15 @@ def _saved(obj: object) -> io.BytesIO:
     torch.save(obj, buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_a_checkpoint_row_count_applies_only_to_its_own_log() -> None:
+    """A resume cuts metrics.csv to the count its checkpoint recorded for that log: found by
+    path, or by ``<name>/<version>`` when the run folder was moved; never another run's log."""
+    from mmkit.loggers import _count_for
+
+    counts = {"runs/vit/version_0": 7}
+    assert _count_for(counts, "runs/vit/version_0") == 7
+    assert _count_for(counts, "/elsewhere/runs/vit/version_0") == 7  # moved
+    assert _count_for(counts, "runs/vit/version_1") is None  # another run's checkpoint
+    assert _count_for({}, "runs/vit/version_0") is None

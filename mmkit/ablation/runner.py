@@ -231,10 +231,9 @@ class _Children:
 
 
 def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None,
-                   children: _Children | None = None) -> dict[str, Any] | None:
+                   children: _Children) -> dict[str, Any] | None:
     """Run ``cell`` with ``mmkit ablate --cell`` in a child process (log in ``log.txt``);
     ``None`` when the grid was stopped before it started."""
-    children = children or _Children()
     env = dict(os.environ)
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
