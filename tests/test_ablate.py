@@ -17,7 +17,7 @@ import torch
 
 from mmkit.ablation import AblationSpec
 from mmkit.ablation.report import summary_table
-from mmkit.cli import main
+from mmkit.entry import main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
@@ -68,7 +68,7 @@ def test_rerun_skips_done_cells_and_retries_a_killed_one(tmp_path):
     cfg = grid_yaml(tmp_path, ["softmax", "multimax"], [0],
                     args=[a.replace("max_epochs=1", "max_epochs=3") for a in TINY])
     cells = tmp_path / "out" / "tiny" / "cells"
-    proc = subprocess.Popen([sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "mmkit", "ablate", "-c", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     status = cells / "mnist-multimax-s0" / "status.json"
     deadline = time.time() + 120
@@ -84,7 +84,7 @@ def test_rerun_skips_done_cells_and_retries_a_killed_one(tmp_path):
     assert json.loads(status.read_text())["state"] == "running"  # killed mid-cell
     assert not (cells / "mnist-multimax-s0" / "result.json").exists()
 
-    done = subprocess.run([sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(cfg)],
+    done = subprocess.run([sys.executable, "-m", "mmkit", "ablate", "-c", str(cfg)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1 done" in done.stdout and "1 to run" in done.stdout

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmkit.cli import main
+from mmkit.entry import main
 
 from .conftest import quiet_trainer_args
 
@@ -101,7 +101,7 @@ def pickled_code(tmp: Path) -> Path:
 def recorded_as(tmp: Path, *overrides: str) -> Path:
     """A checkpoint that records the definition of ``vit(tmp)`` with ``overrides``."""
     from mmkit.cli import MMKitCLI
-    from mmkit.provenance import definition
+    from mmkit.cli.provenance import definition
 
     cli = MMKitCLI(args=[*vit(tmp)[1:], *overrides], run=False)
     return fake_checkpoint(tmp / "other.ckpt", mmkit={"definition": definition(cli.config)})

@@ -17,15 +17,16 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
 
-from mmkit.checkpointing import (
-    TEMP_PREFIX,
+from mmkit.cli import MMKitCLI
+from mmkit.cli.checkpointing import (
     AtomicCheckpointIO,
     AtomicModelCheckpoint,
     atomic_torch_save,
     check_checkpoint,
     install_atomic_checkpoint_io,
 )
-from mmkit.cli import MMKitCLI, main
+from mmkit.entry import main
+from mmkit.files import TEMP_PREFIX
 
 from .test_cli import MNIST, fast
 
@@ -62,7 +63,7 @@ def test_sigkill_during_a_save_leaves_the_old_checkpoint_usable(tmp_path):
     marker = tmp_path / "saving"
     script = textwrap.dedent(f"""
         import time, torch
-        from mmkit.checkpointing import AtomicCheckpointIO
+        from mmkit.cli.checkpointing import AtomicCheckpointIO
 
         class Slow:
             def __reduce__(self):

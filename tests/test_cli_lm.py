@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from mmkit.cli import MMKitCLI, main
+from mmkit.cli import MMKitCLI
+from mmkit.entry import main
 from mmkit.normalizers import NORMALIZERS
 
 from .conftest import quiet_trainer_args

@@ -8,7 +8,8 @@ import pytest
 import sacrebleu
 import torch
 
-from mmkit.cli import MMKitCLI, main
+from mmkit.cli import MMKitCLI
+from mmkit.entry import main
 from mmkit.normalizers import NORMALIZERS
 
 from .conftest import quiet_trainer_args

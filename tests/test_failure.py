@@ -17,7 +17,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mmkit.cli import MMKitCLI, main
+from mmkit.cli import MMKitCLI
+from mmkit.entry import main
 
 from .conftest import quiet_trainer_args
 
@@ -233,7 +234,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_previous(
     last = tmp_path / "full" / "version_0" / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     assert len(before) > 64 * 1024
-    command = [sys.executable, "-m", "mmkit.cli", *vit_run(tmp_path, "full"), "--ckpt_path=last"]
+    command = [sys.executable, "-m", "mmkit", *vit_run(tmp_path, "full"), "--ckpt_path=last"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           preexec_fn=_small_file_limit)
     assert done.returncode == 2, done.stderr[-2000:]
@@ -261,7 +262,7 @@ def test_sigterm_to_a_parallel_grid_reaches_every_running_cell(tmp_path):
                  "--trainer.enable_progress_bar=false"]}))
     cells = [tmp_path / "out" / "g" / "cells" / f"mnist-{n}-s0" for n in ("softmax", "multimax")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    grid_run = subprocess.Popen([sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(grid)], cwd=tmp_path,
+    grid_run = subprocess.Popen([sys.executable, "-m", "mmkit", "ablate", "-c", str(grid)], cwd=tmp_path,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while not all((c / "checkpoints" / "last.ckpt").is_file() for c in cells):  # both are training
@@ -277,7 +278,7 @@ def test_sigterm_to_a_parallel_grid_reaches_every_running_cell(tmp_path):
         assert status["state"] == "interrupted" and status["signal"] == "SIGTERM", status
         with pytest.raises(ProcessLookupError):  # the cell process has ended
             os.kill(pid, 0)
-    rerun = subprocess.run([sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(grid)], cwd=tmp_path,
+    rerun = subprocess.run([sys.executable, "-m", "mmkit", "ablate", "-c", str(grid)], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     for cell in cells:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmkit.cli import MMKitCLI, main
+from mmkit.analysis.checkpoints import load_network, recorded_network
+from mmkit.cli import MMKitCLI
+from mmkit.entry import main
 from mmkit.tasks import ImageClassification
 
 from .conftest import quiet_trainer_args
@@ -105,10 +107,16 @@ def test_checkpoint_records_its_definition_and_loads_by_itself(tmp_path):
         assert torch.equal(model.state_dict()[key], value), key
     images = torch.randn(2, 1, 28, 28)
     assert torch.equal(model(images), saved(images))
+    network = load_network(last)  # without Lightning: the network from the checkpoint's record
+    assert type(network.blocks[0].attn.normalizer).__name__ == "MultiMax"
+    assert torch.equal(network(images), saved.network(images))
+    assert recorded_network(ckpt) == record["definition"]["network"]
+    (last.parent.parent / "config.yaml").unlink()  # the record alone is enough
+    assert torch.equal(load_network(last)(images), saved.network(images))
 
 
 def test_equivalent_spellings_of_a_normalizer_are_one_definition():
-    from mmkit.provenance import differences
+    from mmkit.cli.provenance import differences
 
     base = {"task": "T", "network": {"class_path": "N", "init_args": {"depth": 2, "normalizer": "multimax"}}}
     same = {"task": "T", "network": {"class_path": "N", "init_args": {
@@ -123,7 +131,7 @@ def test_equivalent_spellings_of_a_normalizer_are_one_definition():
 
 
 def test_the_evaluation_protocol_may_differ_but_not_the_training_memory():
-    from mmkit.provenance import differences
+    from mmkit.cli.provenance import differences
 
     def txl(**init):
         return {"task": "T", "network": {"class_path": "mmkit.models.TransformerXL",
@@ -207,6 +215,17 @@ def test_language_model_and_translator_load_from_their_checkpoints(task, tmp_pat
     assert type(model.network) is type(fit.model.network)
     trained = fit.model.state_dict()
     assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+    network = load_network(Path(fit.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    assert type(network) is type(fit.model.network) and not network.training
+    assert all(torch.equal(value, trained[f"network.{key}"]) for key, value in network.state_dict().items())
+
+
+def test_load_network_rebuilds_only_mmkit_networks(tmp_path):
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"network": {"class_path": "os.system",
+                                                                   "init_args": {"command": "true"}}}}, path)
+    with pytest.raises(ValueError, match="only mmkit.models networks"):
+        load_network(path)
 
 
 class Trusted:
@@ -250,7 +269,7 @@ def test_ckpt_path_hpc_without_one_is_an_error_and_a_remote_path_is_flagged(tmp_
     assert "--ckpt_path hpc: no hpc_ckpt_*.ckpt" in capsys.readouterr().err
     from jsonargparse import Namespace
 
-    from mmkit.runs import resolve_checkpoint
+    from mmkit.cli.runs import resolve_checkpoint
 
     config = Namespace(ckpt_path="s3://bucket/run/last.ckpt", trainer=Namespace(default_root_dir=None))
     with pytest.warns(UserWarning, match="is not a local file: mmkit cannot check it"):

@@ -2,7 +2,7 @@
 with ``--ckpt_path last`` ends with the same ``last.ckpt`` weights (``torch.equal`` on every
 tensor) and the same metrics.csv, row for row, as the uninterrupted run.
 
-Each run is a real ``python -m mmkit.cli fit`` subprocess on the CPU, with dropout/drop-path
+Each run is a real ``python -m mmkit fit`` subprocess on the CPU, with dropout/drop-path
 and random augmentation on, so a lost RNG state, a repeated batch or a lost memory shows.
 The parent polls ``last.ckpt`` (saved every 3 steps) until it holds the target step, then
 kills the child after a short random delay: the kill lands anywhere in the next step(s).
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 import torch
 
+from mmkit.cli.resume import rng_states, set_rng_states
 from mmkit.data.lm import StreamWindows
 from mmkit.data.sharding import ResumableSampler, SeededSamples, sample_seed
-from mmkit.resume import rng_states, set_rng_states
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST, KJV = str(ROOT / "configs/vit/mnist.yaml"), str(ROOT / "configs/lm/kjv.yaml")
@@ -70,7 +70,7 @@ KILL_WINDOW = {"vit": 0.3, "lm": 0.3, "mt": 0.05}
 
 
 def _command(args: list[str], save_dir: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "mmkit.cli", "fit", *args, *COMMON,
+    return [sys.executable, "-m", "mmkit", "fit", *args, *COMMON,
             f"--trainer.logger.init_args.save_dir={save_dir}",
             *(["--ckpt_path=last"] if resume else [])]
 
@@ -240,7 +240,7 @@ def _saved(obj: object) -> io.BytesIO:
 def test_a_checkpoint_row_count_applies_only_to_its_own_log() -> None:
     """A resume cuts metrics.csv to the count its checkpoint recorded for that log: found by
     path, or by ``<name>/<version>`` when the run folder was moved; never another run's log."""
-    from mmkit.loggers import _count_for
+    from mmkit.cli.loggers import _count_for
 
     counts = {"runs/vit/version_0": 7}
     assert _count_for(counts, "runs/vit/version_0") == 7

@@ -30,7 +30,7 @@ ARGS = ["-c", str(ROOT / "configs/vit/mnist.yaml"), "--model.network.init_args.p
 
 def _fit(save_dir: Path, *extra: str) -> None:
     env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "mmkit.cli", "fit", *ARGS, *extra,
+    res = subprocess.run([sys.executable, "-m", "mmkit", "fit", *ARGS, *extra,
                           f"--trainer.logger.init_args.save_dir={save_dir}"], cwd=save_dir, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -64,7 +64,7 @@ def test_sigusr1_saves_requeues_and_the_rerun_resumes(tmp_path):
                SLURM_JOB_NAME="mmkit-test", SLURM_NODELIST="localhost", SLURM_PROCID="0",
                SLURM_LOCALID="0", SLURM_NODEID="0")
     root = tmp_path / "slurm" / JOB_ID
-    command = [sys.executable, "-m", "mmkit.cli", "fit", "-c", SLURM, "-c", MNIST,
+    command = [sys.executable, "-m", "mmkit", "fit", "-c", SLURM, "-c", MNIST,
                "--model.network.init_args.preset=test", "--data.init_args.batch_size=8",
                "--trainer.max_epochs=1", f"--trainer.limit_train_batches={STEPS}",
                "--trainer.limit_val_batches=1",
@@ -120,7 +120,7 @@ def slurm_env(monkeypatch) -> None:
 def test_ckpt_path_last_takes_the_newer_of_hpc_and_last(newer, tmp_path, monkeypatch):
     from jsonargparse import Namespace
 
-    from mmkit.runs import resolve_checkpoint
+    from mmkit.cli.runs import resolve_checkpoint
 
     slurm_env(monkeypatch)
     wanted = {"task": "T", "network": {"class_path": "N", "init_args": {"depth": 2}}, "data": None}

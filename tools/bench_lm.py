@@ -17,8 +17,9 @@ import time
 import torch
 
 from mmkit.models import TransformerXL
+from mmkit.normalizers import GRID_NORMALIZERS
 
-NORMALIZERS = ["softmax", "multimax", "sparsemax", "entmax15", "entmax"]
+NORMALIZERS = list(GRID_NORMALIZERS)
 
 
 def main() -> None:

@@ -18,12 +18,14 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 from rich.markup import escape
 
-from ..callbacks import request_stop
+from ..cli.callbacks import request_stop
+from ..files import write_text_atomic
 from . import report, slurm
-from .grid import AblationSpec, Cell, write_text_atomic
+from .grid import AblationSpec, Cell
 from .runner import (
     CellFailed,
     CellInterrupted,
+    CLIEntry,
     check_cells,
     is_running_elsewhere,
     run_in_process,
@@ -96,7 +98,8 @@ def find_cell(cells: list[Cell], key: str) -> Cell:
                      f"{[c.id for c in cells]}")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], cli: CLIEntry) -> int:
+    """``mmkit ablate <argv>``, running every cell through ``cli``; returns the exit status."""
     spec, cfg = parse(argv)
     console = Console(highlight=False, soft_wrap=True)
     cells = spec.cells()
@@ -107,7 +110,7 @@ def main(argv: list[str]) -> int:
             console.print(f"{cell.id}: already done")
             return 0
         try:
-            run_in_process(cell, display_args(cfg))
+            run_in_process(cell, cli, display_args(cfg))
         except CellFailed as err:
             console.print(f"[red]{err}[/red]")
             return 1
@@ -117,7 +120,7 @@ def main(argv: list[str]) -> int:
         return 0
     spec.conflicts(cells)  # before anything is written: the grid's YAML must describe its table
     todo = [c for c in cells if c.status()["state"] != "done" and not is_running_elsewhere(c)]
-    check_cells(todo)  # every cell's arguments parse, in --dry_run too
+    check_cells(todo, cli)  # every cell's arguments parse, in --dry_run too
     grid_yaml = save_grid(spec)
     busy = [c for c in cells if is_running_elsewhere(c)]
     console.print(f"ablation [bold]{spec.name}[/bold]: {len(cells)} cells "
@@ -129,7 +132,7 @@ def main(argv: list[str]) -> int:
         console.print(f"when the array is done, rerun `mmkit ablate -c {grid_yaml}` for the table and plot")
         return 0
     try:
-        failed = run_cells(spec, todo, grid_yaml, console, display_args(cfg))
+        failed = run_cells(spec, todo, grid_yaml, console, cli, display_args(cfg))
     except CellInterrupted as err:  # the grid stops at the signal; finished cells keep their results
         console.print(str(err))
         return err.code
@@ -150,7 +153,7 @@ def main(argv: list[str]) -> int:
 
 
 def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Console,
-              display: list[str]) -> list[Cell]:
+              cli: CLIEntry, display: list[str]) -> list[Cell]:
     """Run ``todo``; returns the cells that failed. A signal (Ctrl-C, SIGTERM) stops the grid with
     :class:`CellInterrupted`: the cell keeps its checkpoints and the rerun resumes it."""
     failed: list[Cell] = []
@@ -184,7 +187,7 @@ def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Co
         for cell in todo:
             on_start(cell, None)
             try:
-                on_end(cell, run_in_process(cell, display), None)
+                on_end(cell, run_in_process(cell, cli, display), None)
             except CellFailed as err:
                 on_end(cell, None, err)
     finally:

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-ALL_NORMALIZERS = ["softmax", "sparsemax", "entmax15", "entmax", "multimax"]
+from ..files import write_json_atomic
+from ..normalizers import GRID_NORMALIZERS
+
+ALL_NORMALIZERS = list(GRID_NORMALIZERS)  # the default ``normalizers`` of a grid
 CELL_STATES = ("pending", "running", "interrupted", "done", "failed")
 
 
@@ -143,7 +145,7 @@ class Cell:
     def cli_args(self, display: list[str] | tuple[str, ...] = ()) -> list[str]:
         """The arguments after ``mmkit fit`` / ``mmkit test`` for this cell; ``display``
         (e.g. the progress bar) comes last and is not part of the cell's definition."""
-        logger = {"class_path": "mmkit.loggers.CSVLogger",
+        logger = {"class_path": "mmkit.cli.loggers.CSVLogger",
                   "init_args": {"save_dir": str(self.dir), "name": "", "version": "run"}}
         return ["-c", self.config, "-c", self.overlay, f"--seed_everything={self.seed}",
                 f"--trainer.logger={json.dumps(logger)}", f"--checkpoint.dirpath={self.ckpt_dir}",
@@ -209,18 +211,3 @@ class Cell:
 
 def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

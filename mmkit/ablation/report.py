@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .grid import AblationSpec, write_text_atomic
+from ..files import atomic_open, write_text_atomic
+from .grid import AblationSpec
 from .runner import read_metrics
 
 FIXED_COLUMNS = ["id", "config", "normalizer", "seed"]
@@ -142,11 +143,11 @@ def plot(spec: AblationSpec, rows: list[dict[str, Any]], path: Path) -> None:
         if curves.lines:
             curves.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def write_reports(spec: AblationSpec, rows: list[dict[str, Any]]) -> dict[str, Path]:

@@ -1,14 +1,15 @@
 """Running cells: in this process (one at a time) or as subprocesses (several at once).
 
-Every cell goes through :class:`mmkit.cli.MMKitCLI`, exactly as ``mmkit fit`` and
-``mmkit test`` do. Its state is kept in ``status.json`` and its metrics in
-``result.json`` (both written atomically), so a rerun skips finished cells and
-retries failed or interrupted ones, and one failing cell never costs another's
-results. An interrupted cell resumes from its ``last.ckpt`` when there is one; a
-failed one starts again from scratch (its old files are removed).
+Every cell goes through the CLI entry points it is handed (:class:`CLIEntry`: ``mmkit fit``
+and ``mmkit test`` exactly as the command runs them; the runner does not import the CLI).
+Its state is kept in ``status.json`` and its metrics in ``result.json`` (both written
+atomically), so a rerun skips finished cells and retries failed or interrupted ones, and one
+failing cell never costs another's results. An interrupted cell resumes from its
+``last.ckpt`` when there is one; a failed one starts again from scratch (its old files are
+removed).
 
 A cell's metrics are what ``trainer.test()`` returned, and the validation metrics its
-``last.ckpt`` records (:mod:`mmkit.provenance`), so any logger, or several, may be used.
+``last.ckpt`` records (:mod:`mmkit.cli.provenance`), so any logger, or several, may be used.
 """
 
 from __future__ import annotations
@@ -23,17 +24,29 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from queue import Queue
 from typing import Any
 
-from ..callbacks import Interrupted, clear_stop, stop_requested
-from ..checkpointing import pid_alive, read_checkpoint
-from ..provenance import RECORD_KEY
-from .grid import Cell, write_json_atomic
+from ..cli.callbacks import Interrupted, clear_stop, stop_requested
+from ..cli.provenance import RECORD_KEY
+from ..files import pid_alive, read_checkpoint, write_json_atomic
+from .grid import Cell
 
 KEEP_ON_RETRY = ("log.txt",)  # a parallel cell's log, which the parent process holds open
+
+
+@dataclass(frozen=True)
+class CLIEntry:
+    """What the runner needs of the ``mmkit`` command, handed to it by :mod:`mmkit.entry`:
+    ``run(args)`` runs ``mmkit <args>`` in this process and returns what the trainer returned;
+    ``check(args)`` parses ``mmkit <args>`` without building anything and raises its error."""
+
+    run: Callable[[list[str]], Any]
+    check: Callable[[list[str]], None]
 
 
 def is_running_elsewhere(cell: Cell) -> bool:
@@ -112,42 +125,37 @@ def read_metrics(path: Path) -> tuple[dict[str, float], list[dict[str, str]]]:
     return last, rows
 
 
-def check_cells(cells: list[Cell]) -> None:
+def check_cells(cells: list[Cell], cli: CLIEntry) -> None:
     """Parse every cell's full ``mmkit fit`` arguments (one seed per config and normalizer: the
     seed changes nothing else) before anything runs: a typo in the grid's ``args`` or a broken
     overlay is one line naming the cell, not a failure of every cell in turn."""
-    from ..cli import check_arguments  # the CLI sits above the ablation runner
-
     seen = set()
     for cell in cells:
         if (cell.config, cell.overlay) in seen:
             continue
         seen.add((cell.config, cell.overlay))
         try:
-            check_arguments(["fit", *cell.cli_args()])
+            cli.check(["fit", *cell.cli_args()])
         except Exception as err:
             text = " ".join(str(err).split()) or type(err).__name__
             raise ValueError(f"cell {cell.id} would fail: {text}") from err
 
 
-def run_in_process(cell: Cell, display: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def run_in_process(cell: Cell, cli: CLIEntry, display: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """``mmkit fit`` then ``mmkit test`` for ``cell`` in this process; returns its result."""
-    from ..cli import MMKitCLI  # the CLI sits above the ablation runner
-
     how = prepare(cell)
     clear_stop()
     cell.record_definition()
     cell.set_status("running", pid=os.getpid(), host=socket.gethostname(), how=how,
                     started=time.strftime("%Y-%m-%d %H:%M:%S"))
     start = time.perf_counter()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI gets its args from us, not from `mmkit ablate`
     try:
         resume = resume_checkpoint(cell) if how == "resume" else None
-        MMKitCLI(args=["fit", *cell.cli_args(display), *([f"--ckpt_path={resume}"] if resume else [])])
+        cli.run(["fit", *cell.cli_args(display), *([f"--ckpt_path={resume}"] if resume else [])])
         record = _last_record(cell)  # the test leaves last.ckpt as the fit wrote it
         ckpt = test_checkpoint(cell, record)
-        tested = MMKitCLI(args=["test", *cell.cli_args(display), f"--ckpt_path={ckpt}"])
-        test_metrics = {k: float(v) for output in tested.results or [] for k, v in output.items()
+        tested = cli.run(["test", *cell.cli_args(display), f"--ckpt_path={ckpt}"])
+        test_metrics = {k: float(v) for output in tested or [] for k, v in output.items()
                         if k.startswith("test/")}
         val_metrics = record["val_metrics"]
     except (Exception, SystemExit, KeyboardInterrupt) as err:
@@ -163,8 +171,6 @@ def run_in_process(cell: Cell, display: list[str] | tuple[str, ...] = ()) -> dic
         cell.set_status("failed", error=f"{type(err).__name__}: {message}",
                         log=str(cell.dir / "error.txt"))
         raise CellFailed(cell, message) from err
-    finally:
-        sys.argv = argv
     return finish(cell, time.perf_counter() - start, ckpt, {**val_metrics, **test_metrics})
 
 
@@ -238,7 +244,7 @@ def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None,
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     cell.dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mmkit.cli", "ablate", "-c", str(grid_yaml), f"--cell={cell.id}",
+    cmd = [sys.executable, "-m", "mmkit", "ablate", "-c", str(grid_yaml), f"--cell={cell.id}",
            "--progress_bar=false"]
     with open(cell.dir / "log.txt", "a", encoding="utf-8") as log:
         child = children.start(cmd, log, env)

@@ -16,7 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .grid import AblationSpec, write_text_atomic
+from ..files import write_text_atomic
+from .grid import AblationSpec
 
 
 def array_script(spec: AblationSpec, grid_yaml: Path, todo: list[int], sbatch: list[str]) -> str:
@@ -33,7 +34,7 @@ def array_script(spec: AblationSpec, grid_yaml: Path, todo: list[int], sbatch: l
              *[f"#SBATCH {option}" for option in sbatch],
              "set -euo pipefail",
              f"cd {shlex.quote(str(Path.cwd()))}",
-             f"srun {shlex.quote(sys.executable)} -m mmkit.cli ablate"
+             f"srun {shlex.quote(sys.executable)} -m mmkit ablate"
              f" -c {shlex.quote(str(grid_yaml.resolve()))}"
              ' --cell "$SLURM_ARRAY_TASK_ID" --progress_bar false',
              ""]

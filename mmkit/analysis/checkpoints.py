@@ -2,18 +2,23 @@
 
 - :func:`load_state_dict`: the ``state_dict`` of a Lightning ``.ckpt`` (or a plain one);
 - :func:`multimax_parameters`: every MultiMax's ``ranges`` / ``ts`` by layer name;
-- :func:`load_vit`: the ViT of an image-classification run, rebuilt from the run's
-  ``config.yaml`` (written by ``mmkit fit`` next to ``checkpoints/``) and its weights.
+- :func:`load_network`: the trained network of any ``mmkit fit`` run (ViT, Transformer-XL,
+  translator), rebuilt from the definition the checkpoint records and its weights;
+  :func:`load_vit` the same for an image classifier. A checkpoint that records no
+  definition (written by an older mmkit) falls back to the run's ``config.yaml``.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..files import read_checkpoint
 from ..models import VisionTransformer
 from ..normalizers import MultiMax
 from .stats import layer_name
@@ -21,11 +26,8 @@ from .stats import layer_name
 
 def load_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a checkpoint: a Lightning ``.ckpt``'s ``state_dict`` or a plain one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    ckpt = read_checkpoint(path, lightning=False)
+    state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} holds no state_dict of tensors")
     return state
@@ -78,14 +80,54 @@ def run_config(ckpt: str | Path, config: str | Path | None = None) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def recorded_network(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The network spec (``class_path`` and ``init_args``) a checkpoint records: in the
+    ``mmkit`` record every ``mmkit fit`` checkpoint carries, or in the task's hyperparameters."""
+    record = ckpt.get("mmkit")
+    if isinstance(record, dict) and isinstance(record.get("definition"), dict):
+        network = record["definition"].get("network")
+        if isinstance(network, dict):
+            return network
+    network = (ckpt.get("hyper_parameters") or {}).get("network")
+    return network if isinstance(network, dict) else None
+
+
+def build_network(spec: dict[str, Any]) -> nn.Module:
+    """Instantiate ``{"class_path": "mmkit.models....", "init_args": {...}}`` (mmkit's own
+    network classes only: a checkpoint names no code to run)."""
+    class_path = str(spec.get("class_path", ""))
+    module_name, _, name = class_path.rpartition(".")
+    if not module_name.startswith("mmkit.models"):
+        raise ValueError(f"the checkpoint's network is {class_path!r}; only mmkit.models networks "
+                         "are rebuilt")
+    cls = getattr(importlib.import_module(module_name), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{class_path!r} is not a network class of this mmkit")
+    return cls(**(spec.get("init_args") or {}))
+
+
+def load_network(ckpt: str | Path, config: str | Path | None = None) -> nn.Module:
+    """The trained network of an ``mmkit fit`` run (eval mode): built from the definition the
+    checkpoint records (or, for an older checkpoint or with ``config``, from the run's
+    ``config.yaml``), then given the checkpoint's weights."""
+    raw = read_checkpoint(ckpt, lightning=False)
+    spec = recorded_network(raw) if config is None else None
+    if spec is None:
+        spec = (run_config(ckpt, config).get("model") or {}).get("init_args", {}).get("network") or {}
+    model = build_network(spec)
+    state = raw.get("state_dict", raw)
+    weights = {k.removeprefix("network."): v for k, v in state.items() if k.startswith("network.")}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        text = " ".join(str(err).split())[:300]
+        raise ValueError(f"the weights in {ckpt} do not fit the network it records: {text}") from err
+    return model.eval()
+
+
 def load_vit(ckpt: str | Path, config: str | Path | None = None) -> VisionTransformer:
     """The trained :class:`VisionTransformer` of an ``mmkit fit`` image-classification run (eval mode)."""
-    network = (run_config(ckpt, config).get("model") or {}).get("init_args", {}).get("network") or {}
-    if not str(network.get("class_path", "")).endswith("VisionTransformer"):
-        raise ValueError(f"the run's model.init_args.network is {network.get('class_path')!r}, "
-                         "not a VisionTransformer")
-    model = VisionTransformer(**(network.get("init_args") or {}))
-    state = {k.removeprefix("network."): v for k, v in load_state_dict(ckpt).items()
-             if k.startswith("network.")}
-    model.load_state_dict(state)
-    return model.eval()
+    model = load_network(ckpt, config)
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"the run's network is a {type(model).__name__}, not a VisionTransformer")
+    return model

@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..files import atomic_open
 from ..normalizers import Entmax, EvSoftMax, MultiMax, Normalizer, SoftMax, SparseMax
 from .figure1 import FIGURE1_EPS, FIGURE1_INPUT
 from .measures import multimodality, sparsity
@@ -39,10 +40,11 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
-    """Write ``fig`` (format from the suffix, e.g. ``.png``/``.pdf``), creating folders."""
+    """Write ``fig`` (format from the suffix, e.g. ``.png``/``.pdf``; PNG without one),
+    creating folders; the file appears whole or not at all."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
     return path
 
 

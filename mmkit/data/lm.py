@@ -16,7 +16,7 @@ targets, in order, so a model's memory carries from one batch to the next.
   rank walks its own streams in order, so memory stays valid. No sampler is used.
 - **Resume.** Windows are deterministic; a run resumed mid-epoch skips the windows it
   has already trained on (:meth:`StreamWindows.skip_batches`, called by
-  :class:`mmkit.resume.ExactResume`), and the task restores its memory from the checkpoint.
+  :class:`mmkit.cli.resume.ExactResume`), and the task restores its memory from the checkpoint.
 - **Tokenizer.** Trained on the training split, saved as ``tokenizer.json`` in the
   run directory; with ``tokenizer_path`` (or when the run directory already has one,
   as on ``--ckpt_path last``) it is loaded instead, and checkpoints carry it.
@@ -206,7 +206,7 @@ class TextDataModule(TokenizerState, LightningDataModule):
     def _loader(self, split: str, per_rank: int) -> DataLoader:
         self.save_tokenizer()
         # Creating its iterator leaves the global RNG (dropout's) alone: a resumed run, which
-        # skips some iterators (e.g. a finished epoch's validation), stays exact (mmkit.resume).
+        # skips some iterators (e.g. a finished epoch's validation), stays exact (mmkit.cli.resume).
         return RNGNeutralLoader(self._streams(split, per_rank), batch_size=None)
 
     def train_dataloader(self) -> DataLoader:

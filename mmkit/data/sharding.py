@@ -60,7 +60,7 @@ class ResumableSampler(DistributedSampler):
 
     - :meth:`skip_batches` drops the first batches of the next ``__iter__`` only (a run
       resumed mid-epoch continues with the batches it has not seen; see
-      :class:`mmkit.resume.ExactResume`).
+      :class:`mmkit.cli.resume.ExactResume`).
     - With ``seeded_samples`` it yields ``(index, seed)`` pairs: :class:`SeededSamples`
       draws the sample's random augmentation from ``seed`` = :func:`sample_seed` (sampler
       seed, epoch, index), so loading data (in the main process or in workers, with or

@@ -24,7 +24,6 @@ sides) and saved as ``tokenizer.json`` in the run directory (``tokenizer``):
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Literal
 
@@ -35,64 +34,11 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from .dictionary import target_dictionary_size, word_dictionary
+from .parallel_text import number_pairs, read_lines, read_parallel
 from .sharding import RNGNeutralLoader, ShardSampler, rank_and_world, train_sampler
 from .tokenizer import TokenizerState, run_tokenizer, train_tokenizer
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3 = the model's pad/bos/eos defaults
-SPLITS = ("train", "valid", "test")
-
-
-def number_pairs(seed: int, sizes: tuple[int, int, int], max_number: int) -> dict[str, list]:
-    """Sentences of 2-5 numbers joined by " ; ", in English and German. The numbers
-    below ``max_number`` are shuffled and cut 80/10/10 into train/valid/test pools,
-    so no number of the valid or test sentences was seen in training."""
-    from num2words import num2words
-
-    if max_number < 30:
-        raise ValueError(f"max_number must be at least 30, got {max_number}")
-    numbers = list(range(max_number))
-    random.Random(seed).shuffle(numbers)
-    cut1, cut2 = int(0.8 * max_number), int(0.9 * max_number)
-    pools = dict(zip(SPLITS, (numbers[:cut1], numbers[cut1:cut2], numbers[cut2:])))
-    out = {}
-    for k, (split, size) in enumerate(zip(SPLITS, sizes)):
-        rng = random.Random(seed * 1000 + k + 1)
-        sentences = [rng.choices(pools[split], k=rng.randint(2, 5)) for _ in range(size)]
-        out[split] = [(" ; ".join(num2words(n) for n in nums),
-                       " ; ".join(num2words(n, lang="de") for n in nums)) for nums in sentences]
-    return out
-
-
-def read_parallel(root: Path, src_lang: str, tgt_lang: str) -> dict[str, list]:
-    out = {}
-    for split in SPLITS:
-        src, tgt = root / f"{split}.{src_lang}", root / f"{split}.{tgt_lang}"
-        for path in (src, tgt):
-            if not path.is_file():
-                found = sorted(p.name for p in root.glob(f"{split}.*")) if root.is_dir() else []
-                raise FileNotFoundError(
-                    f"missing {path} for the language pair {src_lang}-{tgt_lang}; "
-                    f"{root} holds {', '.join(found) or 'no ' + split + '.* files'}")
-        src_lines, tgt_lines = (_lines(p) for p in (src, tgt))
-        if len(src_lines) != len(tgt_lines):
-            raise ValueError(f"parallel files differ in length: {src} has {len(src_lines)} lines, "
-                             f"{tgt} has {len(tgt_lines)}; they must be line-aligned (line i of one "
-                             "translates line i of the other)")
-        out[split] = list(zip(src_lines, tgt_lines))
-    return out
-
-
-def _lines(path: Path) -> list[str]:
-    """The file's lines, split at newlines only (as `wc -l` and fairseq count them): a form
-    feed, a lone carriage return or U+2028 inside a line must not shift the alignment."""
-    try:
-        lines = path.read_bytes().decode("utf-8").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()  # the newline that ends the file
-        return [line.strip() for line in lines]
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); convert it "
-                         "to UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
 
 
 class TranslationDataModule(TokenizerState, LightningDataModule):
@@ -269,7 +215,7 @@ class TranslationDataModule(TokenizerState, LightningDataModule):
         # so step k on N processes sees batches N·k .. N·k+N-1 of the 1-process order.
         # Being a DistributedSampler, Lightning does not try to re-shard it. Creating the
         # loaders' iterators draws nothing from the global RNG (dropout's), so a resumed
-        # run continues the same random stream (mmkit.resume).
+        # run continues the same random stream (mmkit.cli.resume).
         self.save_tokenizer()
         rows = self.encoded["train"]
         batches = _TokenBatches(self._token_batches(rows), rows, self.collate)
@@ -298,7 +244,7 @@ class TranslationDataModule(TokenizerState, LightningDataModule):
         if self.hp.predict_file is None:
             lines = [s for s, _ in self.pairs["test"]]
         else:
-            lines = _lines(Path(self.hp.predict_file))
+            lines = read_lines(Path(self.hp.predict_file))
         limit = self.hp.max_tokens_per_sentence
         rows = [(e.ids[:limit], [], i) for i, e in enumerate(self.tokenizer.encode_batch(lines))]
         return DataLoader(rows, batch_size=self.hp.eval_batch_size, collate_fn=self.collate)

@@ -1,5 +1,7 @@
-"""Decoding for :class:`~mmkit.models.seq2seq.Seq2SeqTransformer`: greedy and batched
-beam search, both incremental (key/value caches in every decoder layer)."""
+"""Decoding: for :class:`~mmkit.models.seq2seq.Seq2SeqTransformer`, greedy and batched beam
+search, both incremental (key/value caches in every decoder layer); for
+:class:`~mmkit.models.transformer_xl.TransformerXL`, continuing a prompt
+(:func:`continue_prompt`, greedy or sampled, with or without the memory cache)."""
 
 from __future__ import annotations
 
@@ -91,3 +93,44 @@ def beam_search(model, src: Tensor, *, beam: int = 5, len_penalty: float = 1.0,
         tokens = torch.cat([tokens[index], torch.tensor(keep_tokens, device=device)[:, None]], 1)
         scores = new_scores
     return [max(f, key=lambda item: item[0])[1] if f else [] for f in finished]
+
+
+@torch.no_grad()
+def continue_prompt(model, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                    top_k: int | None = None, greedy: bool = False, use_cache: bool = True,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """:meth:`TransformerXL.generate <mmkit.models.transformer_xl.TransformerXL.generate>`:
+    ``prompt`` ``[B, T0]`` continued by ``max_new_tokens`` tokens."""
+    if prompt.ndim != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must be [B, T0] with T0 >= 1, got {tuple(prompt.shape)}")
+    if temperature <= 0 or (top_k is not None and top_k < 1) or max_new_tokens < 0:
+        raise ValueError("temperature must be > 0, top_k >= 1 and max_new_tokens >= 0")
+    tokens, mems, last = prompt, None, None
+    if use_cache:
+        for start in range(0, prompt.shape[1], model.tgt_len):
+            logits, mems = model(prompt[:, start:start + model.tgt_len], mems)
+        last = logits[:, -1]
+    for step in range(max_new_tokens):
+        if not use_cache:
+            last = model(tokens)[0][:, -1]
+        nxt = _pick(model, last, temperature, top_k, greedy, generator)  # [B, 1]
+        tokens = torch.cat([tokens, nxt], dim=1)
+        if use_cache and step + 1 < max_new_tokens:
+            logits, mems = model(nxt, mems)
+            last = logits[:, -1]
+    return tokens
+
+
+def _pick(model, logits: Tensor, temperature: float, top_k: int | None, greedy: bool,
+          generator: torch.Generator | None) -> Tensor:
+    """The next token ``[B, 1]`` from the last position's ``logits`` ``[B, V]``."""
+    adaptive = model.adaptive  # `logits` are then log-probabilities
+    ranking = logits if adaptive else model.output_normalizer.ranking(logits)
+    if greedy:
+        return ranking.argmax(-1, keepdim=True)
+    scores = logits.float() / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores, -1) if adaptive else model.output_normalizer(scores, dim=-1).float()
+    return torch.multinomial(probs, 1, generator=generator)

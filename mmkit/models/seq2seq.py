@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import KVCache, MultiHeadAttention
+from ..nn.blocks import ACTIVATIONS, Mlp, Residual
 from ..nn.positions import fairseq_sinusoid, sinusoid
 from ..normalizers import Normalizer, NormalizerSpec, SoftMax, make_normalizer
 from .sizes import check_positive, check_rates, resolve_size
@@ -51,27 +52,6 @@ Activation = Literal["relu", "gelu"]
 Positions = Literal["fairseq", "mmkit"]
 Init = Literal["fairseq", "torch"]
 LayerCache = tuple[KVCache, KVCache]  # (self-attention, cross-attention)
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
-
-
-class _Sublayer(nn.Module):
-    """Residual + LayerNorm around one sublayer, post-norm (fairseq's default) or pre-norm."""
-
-    def __init__(self, dim: int, dropout: float, pre_norm: bool) -> None:
-        super().__init__()
-        self.norm, self.drop, self.pre_norm = nn.LayerNorm(dim), nn.Dropout(dropout), pre_norm
-
-    def forward(self, x: Tensor, fn) -> Tensor:
-        if self.pre_norm:
-            return x + self.drop(fn(self.norm(x)))
-        return self.norm(x + self.drop(fn(x)))
-
-
-def _ffn(d: int, ffn: int, activation: str) -> nn.Sequential:
-    # Linear -> activation -> (activation dropout, 0 as in fairseq) -> Linear -> (dropout slot):
-    # the module indices of mmkit's earlier Mlp, so older checkpoints still load.
-    return nn.Sequential(nn.Linear(d, ffn), ACTIVATIONS[activation](), nn.Dropout(0.0),
-                         nn.Linear(ffn, d), nn.Dropout(0.0))
 
 
 class EncoderLayer(nn.Module):
@@ -79,8 +59,8 @@ class EncoderLayer(nn.Module):
                  dropout: float, attn_dropout: float, pre_norm: bool, activation: str) -> None:
         super().__init__()
         self.attn = MultiHeadAttention(d, heads, normalizer, per_head=per_head, attn_drop=attn_dropout)
-        self.mlp = _ffn(d, ffn, activation)
-        self.sub1, self.sub2 = _Sublayer(d, dropout, pre_norm), _Sublayer(d, dropout, pre_norm)
+        self.mlp = Mlp(d, ffn, 0.0, activation)  # fairseq's activation dropout: 0
+        self.sub1, self.sub2 = Residual(d, dropout, pre_norm), Residual(d, dropout, pre_norm)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = self.sub1(x, lambda h: self.attn(h, mask=mask))
@@ -100,8 +80,8 @@ class DecoderLayer(nn.Module):
                                             attn_drop=attn_dropout)
         self.cross_attn = MultiHeadAttention(d, heads, "softmax" if official else normalizer,
                                              per_head=per_head and not official, attn_drop=attn_dropout)
-        self.mlp = _ffn(d, ffn, activation)
-        self.subs = nn.ModuleList(_Sublayer(d, dropout, pre_norm) for _ in range(3))
+        self.mlp = Mlp(d, ffn, 0.0, activation)  # fairseq's activation dropout: 0
+        self.subs = nn.ModuleList(Residual(d, dropout, pre_norm) for _ in range(3))
         # Not a submodule (nothing to save): the per-call normalizer of cached self-attention.
         self._cached_normalizer: tuple[Normalizer, ...] = (SoftMax(),) if official else ()
 

@@ -42,9 +42,9 @@ from ..nn.relative import (
     init_transformer_xl,
     relative_positions,
     same_length_mask,
-    sinusoid,
 )
 from ..normalizers import Normalizer, NormalizerSpec, make_normalizer
+from .search import continue_prompt
 from .sizes import check_positive, check_rates, resolve_size
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, int]] = {
 Preset = Literal["test", "small", "base", "paper18"]
 Mems = list[Tensor]
 Init = Literal["original", "xavier"]
-__all__ = ["PRESETS", "Lengths", "TransformerXL", "sinusoid"]
+__all__ = ["PRESETS", "Lengths", "TransformerXL"]
 
 
 class Lengths(NamedTuple):
@@ -304,7 +304,6 @@ class TransformerXL(nn.Module):
     def init_mems(self, batch_size: int, device: torch.device | None = None) -> Mems:
         return [torch.zeros(batch_size, 0, self.d_model, device=device) for _ in range(self.n_layer)]
 
-    @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, greedy: bool = False, use_cache: bool = True,
                  generator: torch.Generator | None = None) -> Tensor:
@@ -319,34 +318,5 @@ class TransformerXL(nn.Module):
         the ``top_k`` largest; with ``cutoffs``, from ``p^(1/temperature)`` renormalized over
         the ``top_k`` most likely tokens.
         """
-        if prompt.ndim != 2 or prompt.shape[1] == 0:
-            raise ValueError(f"prompt must be [B, T0] with T0 >= 1, got {tuple(prompt.shape)}")
-        if temperature <= 0 or (top_k is not None and top_k < 1) or max_new_tokens < 0:
-            raise ValueError("temperature must be > 0, top_k >= 1 and max_new_tokens >= 0")
-        tokens, mems, last = prompt, None, None
-        if use_cache:
-            for start in range(0, prompt.shape[1], self.tgt_len):
-                logits, mems = self(prompt[:, start:start + self.tgt_len], mems)
-            last = logits[:, -1]
-        for step in range(max_new_tokens):
-            if not use_cache:
-                last = self(tokens)[0][:, -1]
-            nxt = self._pick(last, temperature, top_k, greedy, generator)  # [B, 1]
-            tokens = torch.cat([tokens, nxt], dim=1)
-            if use_cache and step + 1 < max_new_tokens:
-                logits, mems = self(nxt, mems)
-                last = logits[:, -1]
-        return tokens
-
-    def _pick(self, logits: Tensor, temperature: float, top_k: int | None, greedy: bool,
-              generator: torch.Generator | None) -> Tensor:
-        adaptive = self.adaptive  # `logits` are then log-probabilities
-        ranking = logits if adaptive else self.output_normalizer.ranking(logits)
-        if greedy:
-            return ranking.argmax(-1, keepdim=True)
-        scores = logits.float() / temperature
-        if top_k is not None and top_k < scores.shape[-1]:
-            kth = scores.topk(top_k, dim=-1).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        probs = torch.softmax(scores, -1) if adaptive else self.output_normalizer(scores, dim=-1).float()
-        return torch.multinomial(probs, 1, generator=generator)
+        return continue_prompt(self, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                               greedy=greedy, use_cache=use_cache, generator=generator)

@@ -1,6 +1,10 @@
-"""Transformer building blocks shared by the models."""
+"""Transformer building blocks shared by the models: the MLP (all three models), the
+residual sublayer (the translator's layers, Transformer-XL's feed-forward block), drop-path
+and the ViT's pre-norm encoder block."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
@@ -27,12 +31,34 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-class Mlp(nn.Sequential):
-    """Linear -> GELU -> dropout -> Linear -> dropout."""
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(drop),
+
+class Mlp(nn.Sequential):
+    """Linear -> activation (GELU or ReLU) -> dropout -> Linear -> dropout.
+
+    Its weights are ``0.*`` and ``3.*`` in every model (timm's ``fc1``/``fc2``)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, activation: str = "gelu") -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        super().__init__(nn.Linear(dim, hidden), ACTIVATIONS[activation](), nn.Dropout(drop),
                          nn.Linear(hidden, dim), nn.Dropout(drop))
+
+
+class Residual(nn.Module):
+    """A residual connection with its LayerNorm around one sublayer ``fn``: post-norm
+    ``LN(x + drop(fn(x)))`` (the original Transformer's, fairseq's default) or pre-norm
+    ``x + drop(fn(LN(x)))``."""
+
+    def __init__(self, dim: int, dropout: float = 0.0, pre_norm: bool = False) -> None:
+        super().__init__()
+        self.norm, self.drop, self.pre_norm = nn.LayerNorm(dim), nn.Dropout(dropout), pre_norm
+
+    def forward(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.pre_norm:
+            return x + self.drop(fn(self.norm(x)))
+        return self.norm(x + self.drop(fn(x)))
 
 
 class Block(nn.Module):

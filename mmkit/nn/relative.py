@@ -1,5 +1,6 @@
 """Transformer-XL's building blocks: relative-position attention over ``[memory; segment]``,
-the position-wise feed-forward block, the sinusoid and the ``same_length`` window.
+the position-wise feed-forward block and the ``same_length`` window (the sinusoid is
+:func:`mmkit.nn.positions.sinusoid`).
 
 - **Scores.** ``score(i, j) = (q_i + u)·k_j + (q_i + v)·W_r R_{d}`` with ``d`` the
   query-key distance, gathered by distance (no relative-shift trick) and passed to
@@ -23,13 +24,8 @@ from torch import Tensor, nn
 
 from ..normalizers import Normalizer, NormalizerSpec
 from .attention import attend, build_attention_normalizer
-
-
-def sinusoid(positions: Tensor, dim: int) -> Tensor:
-    """``[K, dim]`` sinusoidal encodings of ``positions`` ``[K]`` (sin half, cos half)."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=positions.device) / dim))
-    angles = positions.float()[:, None] * inv_freq[None, :]  # [K, dim/2]
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+from .blocks import Mlp, Residual
+from .positions import sinusoid
 
 
 def relative_positions(num_keys: int, dim: int, clamp_len: int = -1,
@@ -103,20 +99,16 @@ class RelativeAttention(nn.Module):
         return h + out if self.pre_norm else self.norm(h + out)
 
 
-class FeedForward(nn.Module):
-    """The position-wise ReLU feed-forward block with its residual and LayerNorm."""
+class FeedForward(Residual):
+    """The position-wise ReLU feed-forward block (:class:`~mmkit.nn.blocks.Mlp`, dropout after
+    each layer as in the original) inside its residual and LayerNorm."""
 
     def __init__(self, d_model: int, d_inner: int, dropout: float, pre_norm: bool) -> None:
-        super().__init__()
-        self.pre_norm = pre_norm
-        self.net = nn.Sequential(nn.Linear(d_model, d_inner), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(d_inner, d_model), nn.Dropout(dropout))
-        self.norm = nn.LayerNorm(d_model)
+        super().__init__(d_model, 0.0, pre_norm)
+        self.net = Mlp(d_model, d_inner, dropout, "relu")
 
-    def forward(self, h: Tensor) -> Tensor:
-        if self.pre_norm:
-            return h + self.net(self.norm(h))
-        return self.norm(h + self.net(h))
+    def forward(self, h: Tensor) -> Tensor:  # type: ignore[override]
+        return super().forward(h, self.net)
 
 
 def _self_initialising(module: nn.Module) -> bool:

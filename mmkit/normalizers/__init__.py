@@ -32,6 +32,9 @@ NORMALIZERS: dict[str, type[Normalizer]] = {
     "multimax": MultiMax,
     "evsoftmax": EvSoftMax,
 }
+#: The registry names a grid runs when it names none, in registry order (every entry whose
+#: class has ``in_default_grid``): softmax, sparsemax, entmax15, entmax, multimax.
+GRID_NORMALIZERS: tuple[str, ...] = tuple(name for name, cls in NORMALIZERS.items() if cls.in_default_grid)
 
 
 def normalizer_class(name: str) -> type[Normalizer]:
@@ -116,7 +119,8 @@ def describe_normalizer(spec: NormalizerSpec) -> dict[str, Any]:
 
 
 __all__ = [
-    "NORMALIZERS", "FusedForm", "Normalizer", "NormalizerSpec", "build_normalizer", "make_normalizer",
+    "NORMALIZERS", "GRID_NORMALIZERS", "FusedForm", "Normalizer", "NormalizerSpec", "build_normalizer",
+    "make_normalizer",
     "describe_normalizer", "normalizer_class", "split_spec",
     "SoftMax", "SparseMax", "Entmax15", "Entmax", "MultiMax", "EvSoftMax",
     "sparsemax", "entmax15", "entmax_bisect", "seglu",

@@ -88,6 +88,8 @@ class Normalizer(nn.Module):
 
     #: ``True`` when ``forward(x) == softmax(self.modulate(x))`` element-wise.
     is_modulated_softmax: ClassVar[bool] = False
+    #: Whether ablation grids run it by default and the CLI help lists it (:data:`GRID_NORMALIZERS`).
+    in_default_grid: ClassVar[bool] = True
     #: The methods whose maths a declared fused form stands for (see :meth:`fused_form`).
     fused_form_guards: ClassVar[tuple[str, ...]] = ("forward", "modulate", "loss")
 

@@ -4,7 +4,7 @@ import torch
 
 from mmkit.analysis import multimodality, sparsity
 from mmkit.analysis.figure1 import figure1_table
-from mmkit.cli import main
+from mmkit.entry import main
 from mmkit.normalizers import build_normalizer
 
 V = torch.tensor([10.0, 8.0, -1.0], dtype=torch.float64)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmkit.models.transformer_xl import Lengths, TransformerXL
+from mmkit.nn.positions import sinusoid
 from mmkit.nn.relative import RelativeAttention, relative_positions, same_length_mask
 from mmkit.tasks.optim import param_groups
 
@@ -74,6 +75,19 @@ def test_clamped_positions_are_the_sinusoid_of_the_clamped_distance():
         want += [math.cos(p / 10000 ** (2 * i / dim)) for i in range(dim // 2)]
         torch.testing.assert_close(got[d], torch.tensor(want, dtype=torch.float64), atol=1e-6, rtol=0)
     assert torch.equal(relative_positions(keys, dim, -1), relative_positions(keys, dim, keys))
+
+
+def test_relative_positions_use_the_shared_sinusoid_for_any_width():
+    distances = torch.arange(9)
+    for dim in (6, 7):  # an odd width gets a zero last column, not dim + 1 columns
+        table = relative_positions(9, dim)
+        assert table.shape == (9, dim)
+        assert torch.equal(table, sinusoid(distances, dim))
+    odd = relative_positions(9, 7).double()
+    want = torch.tensor([[math.sin(p / 10000 ** (2 * i / 7)) for i in range(3)] for p in range(9)],
+                        dtype=torch.float64)
+    torch.testing.assert_close(odd[:, :3], want, atol=1e-6, rtol=0)
+    assert torch.equal(odd[:, 6], torch.zeros(9, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("clamp_len,window", [(-1, None), (2, None), (-1, 5), (3, 4)])

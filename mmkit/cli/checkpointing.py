@@ -19,9 +19,7 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,51 +30,15 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-TEMP_PREFIX = ".mmkit-partial-"  # never contains "hpc_ckpt_", "last" or ".ckpt": no glob mistakes it
+from ..files import (
+    atomic_open,
+    few,
+    read_checkpoint,
+    remove_stale_partials,
+    temp_path,
+)
+
 HPC_NAME = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
-PARTIAL_NAME = re.compile(r"^\.mmkit-partial-(\d+)-[0-9a-f]+\.tmp$")
-SHOWN = 4  # how many offending keys an error names
-
-
-def _temp_path(directory: str) -> str:
-    return os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
-def _fsync_dir(directory: str) -> None:
-    """Make the rename itself durable (best effort: some filesystems refuse)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
-def remove_stale_partials(directory: str | os.PathLike, min_age_s: float = 60.0) -> list[str]:
-    """Delete the temporary files of saves that never finished (the process that wrote them is
-    gone, e.g. killed mid-save, and the file is older than ``min_age_s``); returns their names."""
-    removed = []
-    now = time.time()
-    for entry in os.scandir(directory):
-        found = PARTIAL_NAME.match(entry.name)
-        if not found or pid_alive(int(found.group(1))):
-            continue
-        with contextlib.suppress(OSError):
-            if now - entry.stat().st_mtime >= min_age_s:
-                os.unlink(entry.path)
-                removed.append(entry.name)
-    return removed
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -86,22 +48,14 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     remove_stale_partials(directory)  # what a save killed mid-way left behind
-    temp = _temp_path(directory)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like open()
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         cause = _os_error(err)
         if cause is not None:  # torch reports a failed write as "unexpected pos ..."
             raise CheckpointWriteError(path, cause) from err
         raise
-    _fsync_dir(directory)
 
 
 class CheckpointWriteError(ValueError):
@@ -184,7 +138,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
             if os.path.isdir(linkpath) and not os.path.islink(linkpath):
                 shutil.rmtree(linkpath)
-            temp = _temp_path(os.path.dirname(os.path.abspath(linkpath)))
+            temp = temp_path(os.path.dirname(os.path.abspath(linkpath)))
             try:
                 os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), temp)
                 os.replace(temp, linkpath)
@@ -212,55 +166,12 @@ def _shape(value: Any) -> str:
     return str(list(value.shape)) if hasattr(value, "shape") else type(value).__name__
 
 
-def _few(names: list[str]) -> str:
-    more = f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else ""
-    return ", ".join(names[:SHOWN]) + more
-
-
 def config_hint(path: Path) -> str:
     """Where the config that wrote ``path`` probably lives (``<run>/checkpoints/x.ckpt``)."""
     saved = path.resolve().parent.parent / "config.yaml"
     if path.parent.name == "checkpoints" and saved.is_file():
         return f"rerun with the config it was trained with (`-c {saved}`)"
     return "rerun with the config it was trained with"
-
-
-def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
-    """Load a checkpoint memory-mapped on the CPU (tensors are not read into memory) with
-    torch's safe loader, which runs no code from the file; raise one clear ``ValueError``
-    when it is truncated, corrupt, not a checkpoint, or holds objects the safe loader refuses.
-    ``trust`` (``--weights_only false``) uses the full unpickler, for a file the user trusts."""
-    what = f"checkpoint {path} is unreadable"
-    todo = ("it is probably truncated or corrupt (a crash or a copy cut short); "
-            "use another checkpoint, e.g. an earlier epoch=*.ckpt, or copy it again")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"{what}: the file is empty; {todo}")
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=not trust, mmap=True)
-        except RuntimeError as err:
-            if "mmap can only be used" not in str(err):
-                raise
-            ckpt = torch.load(path, map_location="cpu", weights_only=not trust)  # legacy (non-zip) format
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
-        if "Weights only load failed" in str(err) and "GLOBAL" in str(err):
-            raise ValueError(unsafe_checkpoint_message(path, err)) from None
-        reason = " ".join(str(err).split()).split(". ")[0][:120] or type(err).__name__
-        raise ValueError(f"{what} ({type(err).__name__}: {reason}); {todo}") from err
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        got = f"keys {_few(sorted(map(str, ckpt)))}" if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {path} is not a Lightning checkpoint (no 'state_dict'; it holds "
-                         f"{got}); pass a .ckpt file saved by `mmkit fit`")
-    return ckpt
-
-
-def unsafe_checkpoint_message(path: str | os.PathLike, err: BaseException) -> str:
-    """Why the safe loader refused ``path``: the Python object it would have had to create."""
-    found = re.search(r"GLOBAL ([\w.]+)", str(err))
-    what = f" ({found.group(1)})" if found else ""
-    return (f"checkpoint {path} holds Python objects{what} that the safe loader refuses to create, so "
-            "nothing in it was run; mmkit's own checkpoints never need them. If you trust the file "
-            "(e.g. one an older tool wrote for you), load it with --weights_only false")
 
 
 def _likely_reason(names: list[str]) -> str:
@@ -289,11 +200,11 @@ def check_checkpoint(path: str | os.PathLike, model: LightningModule, fitting: b
         del ckpt  # drop the memory map before Lightning reads the file
     problems = []
     if missing:
-        problems.append(f"missing keys {_few(missing)}")
+        problems.append(f"missing keys {few(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_few(unexpected)}")
+        problems.append(f"unexpected keys {few(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatch (checkpoint vs model) {_few(mismatched)}")
+        problems.append(f"shape mismatch (checkpoint vs model) {few(mismatched)}")
     if problems:
         reason = _likely_reason(missing + unexpected + mismatched)
         raise ValueError(f"checkpoint {path} does not fit this model: {'; '.join(problems)}; {reason}: "

@@ -25,6 +25,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ..files import atomic_open, read_checkpoint, write_text_atomic
+
 SHOWN = 3  # how many non-finite parameters a message names
 
 
@@ -47,22 +49,16 @@ class PredictionsCSV(BasePredictionWriter):
                            predictions: list[Any], batch_indices: list[Any]) -> None:
         log_dir = trainer.log_dir or trainer.default_root_dir
         self.path = Path(log_dir) / self.filename
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         to_rows = getattr(pl_module, "prediction_rows", None) or (lambda output: output)
         rows = [{"index": i, **row} for i, row in
                 enumerate(row for output in predictions for row in to_rows(output))]
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["index"])
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
         column = getattr(pl_module, "prediction_text_column", None)
         if column is not None:  # e.g. translations: one output line per input line
-            text = self.path.with_suffix(".txt")
-            tmp = text.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text("".join(f"{row[column]}\n" for row in rows), encoding="utf-8")
-            os.replace(tmp, text)
+            write_text_atomic(self.path.with_suffix(".txt"), "".join(f"{row[column]}\n" for row in rows))
 
 
 class NonFiniteTrainingError(ValueError):
@@ -152,7 +148,7 @@ def _kept_checkpoint(trainer: Trainer) -> str:
     if not last or not os.path.isfile(last):
         return "no checkpoint was written before it (none to resume from)"
     try:
-        step = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        step = int(read_checkpoint(last)["global_step"])
     except Exception:  # unreadable: still name the file
         return f"no checkpoint of this step was written; the last one is {last}"
     return f"no checkpoint of this step was written; {last} (step {step}) holds the last good state"

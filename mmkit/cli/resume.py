@@ -236,7 +236,7 @@ class RecipeOnResume(Callback):
     rate and the schedulers' ``base_lrs`` (so the schedule continues from the same step at
     the new scale), any other (``weight_decay``, ``betas``, ``momentum``, ...) in the groups
     that held the old value (a no-decay group keeps its 0). The optimizer class cannot change
-    (:func:`mmkit.provenance.verify_checkpoint` refuses it before the run starts).
+    (:func:`mmkit.cli.provenance.verify_checkpoint` refuses it before the run starts).
 
     Args:
         optimizer: the config's optimizer spec (``class_path`` and ``init_args``).

@@ -1,15 +1,10 @@
-"""The ``mmkit`` command.
+"""Lightning's CLI over the mmkit tasks and data modules: ``mmkit fit|validate|test|predict
+-c configs/vit/mnist.yaml [-c configs/normalizer/multimax.yaml] [--model.network.normalizer
+entmax15] [--ckpt_path last]``.
 
-- ``mmkit fit|validate|test|predict -c configs/vit/mnist.yaml [-c configs/normalizer/multimax.yaml]
-  [--model.network.normalizer entmax15] [--ckpt_path last]``: Lightning's CLI over the
-  mmkit tasks and data modules.
-- ``mmkit ablate -c configs/ablation/quick.yaml``: a normalizer × seed × config grid,
-  each cell a full fit then test, reported as a CSV, a table and a plot
-  (:mod:`mmkit.ablation`).
-- ``mmkit demo``: every normalizer on the paper's Figure 1 input.
-
-User errors (a bad value, a missing file) end with one line on stderr and exit
-status 2; set ``MMKIT_DEBUG=1`` to see the traceback.
+:class:`MMKitCLI` adds mmkit's defaults and checks; :func:`guarded` turns user errors into one
+line on stderr and exit status 2 (``MMKIT_DEBUG=1`` shows the traceback). The ``mmkit``
+command itself, with ``ablate`` and ``demo``, is :mod:`mmkit.entry`.
 """
 
 from __future__ import annotations
@@ -17,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,14 +22,15 @@ from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from . import data, tasks  # noqa: F401  (registers the subclasses for short names)
+from .. import data, tasks  # noqa: F401  (registers the subclasses for short names)
+from ..normalizers import GRID_NORMALIZERS
 from .callbacks import GracefulStop, Interrupted, NonFiniteGuard, PredictionsCSV, stop_requested
 from .checkpointing import (
     AtomicModelCheckpoint,
     check_checkpoint,
     install_atomic_checkpoint_io,
 )
-from .cli_errors import (
+from .errors import (
     ConfigError,
     check_config_files,
     check_output_dir,
@@ -47,11 +44,11 @@ from .resume import ExactResume, RecipeOnResume
 from .runs import RunConfigRecord, check_run_dirs, resolve_checkpoint
 
 TRAINER_DEFAULTS: dict[str, Any] = {
-    "logger": {"class_path": "mmkit.loggers.CSVLogger",
+    "logger": {"class_path": "mmkit.cli.loggers.CSVLogger",
                "init_args": {"save_dir": "runs", "name": "mmkit"}},
 }
 DESCRIPTION = ("mmkit: train and evaluate models with a pluggable attention/output normalizer "
-               "(softmax, sparsemax, entmax15, entmax, multimax). `mmkit ablate -c <grid.yaml>` runs "
+               f"({', '.join(GRID_NORMALIZERS)}). `mmkit ablate -c <grid.yaml>` runs "
                "a normalizer x seed grid; `mmkit demo` prints every normalizer on the MultiMax "
                "paper's Figure 1 input.")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
@@ -80,11 +77,11 @@ class MMKitCLI(LightningCLI):
     """LightningCLI with mmkit's defaults: a configurable ``ModelCheckpoint`` that
     keeps ``last.ckpt`` (so ``--ckpt_path last`` resumes), a rich progress bar, a CSV
     logger under ``runs/``, seed 0, ``predictions.csv`` from ``predict``, and exact
-    mid-epoch resume (:class:`~mmkit.resume.ExactResume`).
+    mid-epoch resume (:class:`~mmkit.cli.resume.ExactResume`).
 
-    Every checkpoint records the run's definition (:mod:`mmkit.provenance`), and every
+    Every checkpoint records the run's definition (:mod:`mmkit.cli.provenance`), and every
     checkpoint a command loads is checked against the config before anything is built or
-    written; the run directory's ``config*.yaml`` files are append-only (:mod:`mmkit.runs`).
+    written; the run directory's ``config*.yaml`` files are append-only (:mod:`mmkit.cli.runs`).
     After a subcommand, ``results`` holds what the trainer returned (``trainer.test``'s
     metrics, for example)."""
 
@@ -228,30 +225,22 @@ def _trusted(config: Namespace | None) -> bool:
     return config is not None and config.get("weights_only") is False
 
 
-def _demo() -> int:
-    from .analysis.figure1 import figure1_table
-
-    sys.stdout.write(figure1_table() + "\n")
-    return 0
-
-
-def _ablate(argv: list[str]) -> int:
-    from .ablation.command import main as ablate_main
-
-    return ablate_main(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["demo"]:
-        if len(args) > 1:
-            sys.stderr.write(f"mmkit: error: `mmkit demo` takes no arguments, got {' '.join(args[1:])}\n")
-            return 2
-        return _demo()
+def run(args: list[str]) -> Any:
+    """Run ``mmkit <args>`` (``fit``, ``validate``, ``test`` or ``predict`` and its options) in
+    this process, whatever ``sys.argv`` holds; return what the trainer returned."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        if args[:1] == ["ablate"]:
-            return _ablate(args[1:])
-        MMKitCLI(args=argv)
+        return MMKitCLI(args=args).results
+    finally:
+        sys.argv = argv
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run ``command`` and return its exit status; a signal ends with its status and a user
+    error (a bad value, a missing file, a config that does not parse) with one line on stderr
+    and status 2, unless ``MMKIT_DEBUG`` is set."""
+    try:
+        return command()
     except Interrupted as err:
         sys.stderr.write(f"mmkit: {err}\n")
         return err.code
@@ -263,8 +252,3 @@ def main(argv: list[str] | None = None) -> int:
         message = one_line(err)
         sys.stderr.write(f"mmkit: error: {message} (set MMKIT_DEBUG=1 for the traceback)\n")
         return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

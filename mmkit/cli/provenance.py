@@ -33,9 +33,10 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from . import __version__
-from .checkpointing import config_hint, read_checkpoint
-from .normalizers import describe_normalizer
+from .. import __version__
+from ..files import read_checkpoint
+from ..normalizers import describe_normalizer
+from .checkpointing import config_hint
 
 RECORD_KEY = "mmkit"
 DATA_KEYS = ("dataset", "corpus", "img_size", "tokenizer", "vocab_size", "src_lang", "tgt_lang")

@@ -1,7 +1,7 @@
 """Which run a command continues, and the run directory's record of what ran in it.
 
 - :func:`resolve_checkpoint` turns ``--ckpt_path last`` into the newest ``last.ckpt`` of a run
-  whose recorded definition (:mod:`mmkit.provenance`) matches the config, checks an explicit
+  whose recorded definition (:mod:`mmkit.cli.provenance`) matches the config, checks an explicit
   checkpoint and SLURM's ``hpc_ckpt_*.ckpt`` the same way, and pins every logger to the
   continued run's version.
 - :func:`share_version`: the loggers of a new run (e.g. CSV and TensorBoard) take one version.
@@ -25,8 +25,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .checkpointing import pid_alive, slurm_hpc_checkpoint
-from .cli_errors import check_output_dir
+from ..files import pid_alive
+from .checkpointing import slurm_hpc_checkpoint
+from .errors import check_output_dir
 from .provenance import describe_mismatch, few, verify_checkpoint
 
 VERSION_DIR = re.compile(r"^version_(\d+)$")
