@@ -6,6 +6,8 @@
 - ``mmkit ablate -c configs/ablation/quick.yaml``: a normalizer × seed × config grid,
   each cell a full fit then test, reported as a CSV, a table and a plot
   (:mod:`mmkit.ablation`, which is handed the CLI entry points).
+- ``mmkit figures simplex|pareto|sigma|attention ...``: the analysis figures
+  (:mod:`mmkit.cli.figures`).
 - ``mmkit demo``: every normalizer on the paper's Figure 1 input.
 
 User errors (a bad value, a missing file) end with one line on stderr and exit
@@ -20,6 +22,7 @@ from .ablation.command import main as ablate_main
 from .ablation.runner import CLIEntry
 from .analysis.figure1 import figure1_table
 from .cli import MMKitCLI, check_arguments, guarded, run
+from .cli.figures import main as figures_main
 
 
 def _fit_or_evaluate(argv: list[str] | None) -> int:
@@ -36,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         sys.stdout.write(figure1_table() + "\n")
         return 0
+    if args[:1] == ["figures"]:
+        return figures_main(args[1:])
     if args[:1] == ["ablate"]:
         return guarded(lambda: ablate_main(args[1:], CLIEntry(run=run, check=check_arguments)))
     return guarded(lambda: _fit_or_evaluate(argv))

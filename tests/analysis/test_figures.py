@@ -1,10 +1,8 @@
-"""Figure functions and tools/figures.py write non-empty PNGs; the data behind them
+"""Figure functions and `mmkit figures` write non-empty PNGs; the data behind them
 (simplex coordinates, trajectories, logged S/M, checkpoint parameters) is right."""
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,10 +18,10 @@ from mmkit.analysis.checkpoints import (
     multimax_parameters,
     pick_layer,
 )
+from mmkit.entry import main
 from mmkit.models import VisionTransformer
 from mmkit.normalizers import MultiMax
 
-TOOL = Path(__file__).parents[2] / "tools" / "figures.py"
 VIT = dict(preset="test", img_size=8, patch_size=4, in_chans=1, num_classes=10, normalizer="multimax",
            per_head=True, output_normalizer="multimax", drop_path_rate=0.0)
 
@@ -31,14 +29,6 @@ VIT = dict(preset="test", img_size=8, patch_size=4, in_chans=1, num_classes=10, 
 def assert_png(path: Path) -> None:
     data = Path(path).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
-
-
-def tool():
-    spec = importlib.util.spec_from_file_location("figures_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -135,7 +125,6 @@ def test_checkpoint_parameters_sigma_and_attention_figures(run_dir, tmp_path):
 def test_figures_tool_subcommands(run_dir, tmp_path, capsys):
     run, _ = run_dir
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    fig_tool = tool()
     Image.fromarray((torch.rand(12, 12) * 255).to(torch.uint8).numpy()).save(tmp_path / "digit.png")
     metrics = tmp_path / "m" / "metrics.csv"
     metrics.parent.mkdir()
@@ -151,11 +140,12 @@ def test_figures_tool_subcommands(run_dir, tmp_path, capsys):
     ]
     for i, command in enumerate(commands):
         out = tmp_path / f"fig{i}.png"
-        assert fig_tool.main([*command, "--out", str(out)]) == 0, command
+        assert main(["figures", *command, "--out", str(out)]) == 0, command
         assert_png(out)
     assert capsys.readouterr().out.count("wrote ") == len(commands)
-    assert fig_tool.main(["simplex", "--ckpt", ckpt, "--ranges", "1", "--out", str(tmp_path / "x.png")]) == 2
-    assert fig_tool.main(["sigma", "--ckpt", str(tmp_path / "none.ckpt")]) == 2
+    bad = ["figures", "simplex", "--ckpt", ckpt, "--ranges", "1", "--out", str(tmp_path / "x.png")]
+    assert main(bad) == 2
+    assert main(["figures", "sigma", "--ckpt", str(tmp_path / "none.ckpt")]) == 2
     assert "not found" in capsys.readouterr().err
 
 
