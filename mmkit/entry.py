@@ -23,6 +23,7 @@ from .ablation.runner import CLIEntry
 from .analysis.figure1 import figure1_table
 from .cli import MMKitCLI, check_arguments, guarded, run
 from .cli.figures import main as figures_main
+from .cli.helptext import COMMANDS, demo_help, main_help, normalizer_help, version_text
 
 
 def _fit_or_evaluate(argv: list[str] | None) -> int:
@@ -33,14 +34,38 @@ def _fit_or_evaluate(argv: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """``mmkit <argv>`` (``sys.argv[1:]`` when ``None``); returns the exit status."""
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["demo"]:
+    if not args:
+        sys.stderr.write(main_help())
+        return 2
+    if args[0] in ("-h", "--help"):
+        sys.stdout.write(main_help())
+        return 0
+    if args[0] in ("-V", "--version"):
+        sys.stdout.write(version_text())
+        return 0
+    if not args[0].startswith("-") and args[0] not in COMMANDS:
+        sys.stderr.write(f"mmkit: error: unknown command {args[0]!r}; choose one of {', '.join(COMMANDS)} "
+                         "(`mmkit --help` says what each does)\n")
+        return 2
+    if args[0] == "demo":
+        if args[1:] and args[1] in ("-h", "--help"):
+            sys.stdout.write(demo_help())
+            return 0
         if len(args) > 1:
             sys.stderr.write(f"mmkit: error: `mmkit demo` takes no arguments, got {' '.join(args[1:])}\n")
             return 2
         sys.stdout.write(figure1_table() + "\n")
         return 0
-    if args[:1] == ["figures"]:
+    if args[0] == "figures":
         return figures_main(args[1:])
-    if args[:1] == ["ablate"]:
+    if args[0] == "ablate":
         return guarded(lambda: ablate_main(args[1:], CLIEntry(run=run, check=check_arguments)))
+    try:
+        text = normalizer_help(args)  # a normalizer option takes a spec, which jsonargparse cannot explain
+    except ValueError as err:
+        sys.stderr.write(f"mmkit: error: {err}\n")
+        return 2
+    if text is not None:
+        sys.stdout.write(text)
+        return 0
     return guarded(lambda: _fit_or_evaluate(argv))

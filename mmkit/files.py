@@ -7,6 +7,9 @@
   whose process is gone.
 - :func:`read_checkpoint`: a checkpoint loaded memory-mapped on the CPU with torch's safe
   loader, or one clear ``ValueError`` saying what is wrong with the file.
+- :func:`resolve_config`: ``configs/...`` paths that are not found from the working directory
+  are the configs shipped inside the package (so the README's commands work after ``pip
+  install``, from any directory).
 
 This module imports nothing of mmkit: every layer may use it.
 """
@@ -20,10 +23,12 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 TEMP_PREFIX = ".mmkit-partial-"  # never contains "hpc_ckpt_", "last" or ".ckpt": no glob mistakes it
 PARTIAL_NAME = re.compile(r"^\.mmkit-partial-(\d+)-[0-9a-f]+\.tmp$")
 
@@ -157,3 +162,28 @@ def unsafe_checkpoint_message(path: str | os.PathLike, err: BaseException) -> st
     return (f"checkpoint {path} holds Python objects{what} that the safe loader refuses to create, so "
             "nothing in it was run; mmkit's own checkpoints never need them. If you trust the file "
             "(e.g. one an older tool wrote for you), load it with --weights_only false")
+
+
+def resolve_config(path: str) -> str:
+    """``path`` when it exists from the working directory; else, for ``configs/<rest>``, the
+    file or folder of that name shipped with mmkit when there is one; else ``path`` as given
+    (so the caller's own error names what the user typed)."""
+    if os.path.exists(path):
+        return path
+    parts = Path(path).parts
+    if len(parts) > 1 and parts[0] == "configs":
+        shipped = SHIPPED_CONFIGS.joinpath(*parts[1:])
+        if shipped.exists():
+            return str(shipped)
+    return path
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """``args`` with every ``-c``/``--config`` file resolved by :func:`resolve_config`."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg in ("-c", "--config") and i + 1 < len(out):
+            out[i + 1] = resolve_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + resolve_config(arg.split("=", 1)[1])
+    return out

@@ -265,7 +265,7 @@ def test_slurm_array_requeues_and_appends_its_output(tmp_path):
     assert main(["ablate", "-c", str(cfg), "--slurm=true", "--dry_run=true"]) == 0
     text = (tmp_path / "out" / "tiny" / "slurm" / "array.sbatch").read_text()
     assert "#SBATCH --requeue" in text and "#SBATCH --open-mode=append" in text
-    assert "--progress_bar false" in text
+    assert '--cell "$SLURM_ARRAY_TASK_ID"' in text and "--progress_bar" not in text  # plain lines in .out
 
 
 @pytest.mark.parametrize("extra", [[], ["--slurm=true", "--dry_run=true"]], ids=["run", "dry_run"])

@@ -48,7 +48,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ablation": _CORE | {"data", "tasks", "analysis", "cli", "ablation", "__version__"},
 }
 #: Modules of mmkit/models/ that every model may import; any other module there is a model.
-MODEL_HELPERS = frozenset({"__init__", "sizes", "search"})
+MODEL_HELPERS = frozenset({"__init__", "base", "sizes", "search"})
 #: Top-level packages of Lightning.
 LIGHTNING = frozenset({"lightning", "pytorch_lightning", "lightning_fabric"})
 #: The layers that may import Lightning, and the single modules elsewhere that may.

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -19,7 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..cli.callbacks import request_stop
-from ..files import write_text_atomic
+from ..cli.progress import duration
+from ..files import resolve_config_args, write_text_atomic
 from . import report, slurm
 from .grid import AblationSpec, Cell
 from .runner import (
@@ -27,6 +30,7 @@ from .runner import (
     CellInterrupted,
     CLIEntry,
     check_cells,
+    describe_threads,
     is_running_elsewhere,
     run_in_process,
     run_parallel,
@@ -72,7 +76,7 @@ def build_parser() -> ArgumentParser:
 
 
 def parse(argv: list[str]) -> tuple[AblationSpec, Any]:
-    cfg = build_parser().parse_args(argv)
+    cfg = build_parser().parse_args(resolve_config_args(argv))
     spec = AblationSpec(**{f.name: cfg[f.name] for f in fields(AblationSpec)})
     return spec, cfg
 
@@ -132,7 +136,7 @@ def main(argv: list[str], cli: CLIEntry) -> int:
         console.print(f"when the array is done, rerun `mmkit ablate -c {grid_yaml}` for the table and plot")
         return 0
     try:
-        failed = run_cells(spec, todo, grid_yaml, console, cli, display_args(cfg))
+        failed = run_cells(spec, todo, grid_yaml, console, cli, display_args(cfg), cfg.progress_bar)
     except CellInterrupted as err:  # the grid stops at the signal; finished cells keep their results
         console.print(str(err))
         return err.code
@@ -153,28 +157,41 @@ def main(argv: list[str], cli: CLIEntry) -> int:
 
 
 def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Console,
-              cli: CLIEntry, display: list[str]) -> list[Cell]:
+              cli: CLIEntry, display: list[str], progress_bar: bool = True) -> list[Cell]:
     """Run ``todo``; returns the cells that failed. A signal (Ctrl-C, SIGTERM) stops the grid with
-    :class:`CellInterrupted`: the cell keeps its checkpoints and the rerun resumes it."""
+    :class:`CellInterrupted`: the cell keeps its checkpoints and the rerun resumes it.
+
+    Each cell is announced as ``[k/n] <cell id>`` when it starts and again when it ends, with
+    the grid's ETA (the mean time of the cells finished so far in this run, times the cells
+    left, over the cells run at once). With ``jobs`` > 1 the hooks run in worker threads."""
     failed: list[Cell] = []
-    count = {"started": 0}
+    lock = threading.Lock()
+    numbers: dict[str, int] = {}
+    started: dict[str, float] = {}
+    walls: list[float] = []
 
     def on_start(cell: Cell, device: str | None) -> None:
-        count["started"] += 1
-        where = f" on device {device}" if device is not None else ""
-        console.rule(escape(f"[{count['started']}/{len(todo)}] {cell.id}{where} "
-                            f"({len(todo) - count['started']} left after this)"))
+        with lock:
+            numbers[cell.id] = k = len(numbers) + 1
+            started[cell.id] = time.monotonic()
+            where = f" on device {device}" if device is not None else ""
+            console.rule(escape(f"[{k}/{len(todo)}] {cell.id}{where} ({len(todo) - k} left after this)"))
 
     def on_end(cell: Cell, result: dict[str, Any] | None, err: CellFailed | None) -> None:
-        if err is not None:
-            failed.append(cell)
-            console.print(f"[red]{cell.id} failed[/red]: {err}")
-            return
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith("test/"))
-        console.print(f"{cell.id} done in {result['wall_s']:.0f} s: {shown}")
+        with lock:
+            walls.append(time.monotonic() - started.pop(cell.id, time.monotonic()))
+            tag = f"[{numbers.get(cell.id, '?')}/{len(todo)}]"
+            eta = grid_eta(walls, len(todo) - len(walls), spec.jobs)
+            if err is not None:
+                failed.append(cell)
+                console.print(f"{escape(tag)} [red]{cell.id} failed[/red]: {escape(str(err))}{eta}")
+                return
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith("test/"))
+            console.print(escape(f"{tag} {cell.id} done in {result['wall_s']:.0f} s: {shown}{eta}"))
 
     if spec.jobs > 1:
-        run_parallel(todo, grid_yaml, spec.jobs, spec.devices, on_start, on_end)
+        console.print(describe_threads(spec.jobs))
+        run_parallel(todo, grid_yaml, spec.jobs, spec.devices, on_start, on_end, progress_bar)
         return failed
     previous = signal.getsignal(signal.SIGINT)
 
@@ -193,3 +210,12 @@ def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Co
     finally:
         signal.signal(signal.SIGINT, previous)
     return failed
+
+
+def grid_eta(walls: list[float], left: int, jobs: int) -> str:
+    """``; grid ETA ...`` for ``left`` cells still to finish, from the wall times of the cells
+    finished in this run (``walls``) and the cells run at once; empty when nothing is left."""
+    if left <= 0 or not walls:
+        return ""
+    mean = sum(walls) / len(walls)
+    return f"; grid ETA {duration(mean * left / min(max(1, jobs), left))} ({left} left)"

@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ..files import write_json_atomic
+from ..files import resolve_config, write_json_atomic
 from ..normalizers import GRID_NORMALIZERS
 
 ALL_NORMALIZERS = list(GRID_NORMALIZERS)  # the default ``normalizers`` of a grid
@@ -50,6 +50,9 @@ class AblationSpec:
     def __post_init__(self) -> None:
         if not self.configs:
             raise ValueError("the ablation needs at least one base config in `configs`")
+        # configs/... not found here names the configs shipped with mmkit
+        self.configs = [resolve_config(str(c)) for c in self.configs]
+        self.normalizer_dir = resolve_config(str(self.normalizer_dir))
         if not self.normalizers or not self.seeds:
             raise ValueError("`normalizers` and `seeds` must each list at least one entry")
         if self.test_ckpt not in ("best", "last"):

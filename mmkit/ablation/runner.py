@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from ..files import pid_alive, read_checkpoint, write_json_atomic
 from .grid import Cell
 
 KEEP_ON_RETRY = ("log.txt",)  # a parallel cell's log, which the parent process holds open
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch's intra-op threads follow OMP's
 
 
 @dataclass(frozen=True)
@@ -236,16 +237,41 @@ class _Children:
                     child.send_signal(signum)
 
 
-def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None,
-                   children: _Children) -> dict[str, Any] | None:
-    """Run ``cell`` with ``mmkit ablate --cell`` in a child process (log in ``log.txt``);
-    ``None`` when the grid was stopped before it started."""
-    env = dict(os.environ)
+def cell_threads(jobs: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The thread limits each of ``jobs`` cells running at once gets, so that together they do
+    not oversubscribe the cores: :data:`THREAD_VARS` = ``os.cpu_count() // jobs`` (at least 1).
+    Empty when ``jobs`` is 1 or the user set any of them (``environ``, default ``os.environ``):
+    their setting then holds for every cell."""
+    environ = os.environ if environ is None else environ
+    if jobs <= 1 or any(environ.get(name) for name in THREAD_VARS):
+        return {}
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return dict.fromkeys(THREAD_VARS, threads)
+
+
+def describe_threads(jobs: int, environ: Mapping[str, str] | None = None) -> str:
+    """How many threads each of ``jobs`` parallel cells uses, and why (for the grid's log)."""
+    environ = os.environ if environ is None else environ
+    limits = cell_threads(jobs, environ)
+    if limits:
+        threads = limits[THREAD_VARS[0]]
+        return (f"{jobs} cells at once, {threads} thread{'s' if threads != '1' else ''} each "
+                f"({os.cpu_count()} cores; {'/'.join(THREAD_VARS)}={threads}; set them to override)")
+    given = " ".join(f"{name}={environ[name]}" for name in THREAD_VARS if environ.get(name))
+    return f"{jobs} cells at once, threads per cell from the environment ({given})"
+
+
+def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None, children: _Children,
+                   jobs: int = 1, progress_bar: bool = True) -> dict[str, Any] | None:
+    """Run ``cell`` with ``mmkit ablate --cell`` in a child process (log in ``log.txt``, where
+    the progress is plain text lines), limited to its share of the cores when ``jobs`` cells
+    run at once (:func:`cell_threads`); ``None`` when the grid was stopped before it started."""
+    env = {**os.environ, **cell_threads(jobs)}
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     cell.dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mmkit", "ablate", "-c", str(grid_yaml), f"--cell={cell.id}",
-           "--progress_bar=false"]
+           f"--progress_bar={str(progress_bar).lower()}"]
     with open(cell.dir / "log.txt", "a", encoding="utf-8") as log:
         child = children.start(cmd, log, env)
         if child is None:
@@ -267,10 +293,13 @@ def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None,
 
 
 def run_parallel(cells: list[Cell], grid_yaml: Path, jobs: int, devices: list[str] | None,
-                 on_start, on_end) -> None:
-    """Run ``cells`` in up to ``jobs`` child processes, each pinned to one of ``devices``.
-    SIGINT and SIGTERM go on to the running cells (which save and mark themselves
-    interrupted), no further cell starts, and :class:`CellInterrupted` is raised."""
+                 on_start: Callable[[Cell, str | None], None],
+                 on_end: Callable[[Cell, dict[str, Any] | None, CellFailed | None], None],
+                 progress_bar: bool = True) -> None:
+    """Run ``cells`` in up to ``jobs`` child processes, each pinned to one of ``devices`` and
+    limited to its share of the CPU threads. ``on_start`` and ``on_end`` are called from the
+    worker threads. SIGINT and SIGTERM go on to the running cells (which save and mark
+    themselves interrupted), no further cell starts, and :class:`CellInterrupted` is raised."""
     free: Queue[str | None] = Queue()
     for i in range(jobs):
         free.put(devices[i % len(devices)] if devices else None)
@@ -283,7 +312,7 @@ def run_parallel(cells: list[Cell], grid_yaml: Path, jobs: int, devices: list[st
                 return
             on_start(cell, device)
             try:
-                result = run_subprocess(cell, grid_yaml, device, children)
+                result = run_subprocess(cell, grid_yaml, device, children, jobs, progress_bar)
                 if result is not None:
                     on_end(cell, result, None)
             except CellFailed as err:

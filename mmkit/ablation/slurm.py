@@ -36,7 +36,7 @@ def array_script(spec: AblationSpec, grid_yaml: Path, todo: list[int], sbatch: l
              f"cd {shlex.quote(str(Path.cwd()))}",
              f"srun {shlex.quote(sys.executable)} -m mmkit ablate"
              f" -c {shlex.quote(str(grid_yaml.resolve()))}"
-             ' --cell "$SLURM_ARRAY_TASK_ID" --progress_bar false',
+             ' --cell "$SLURM_ARRAY_TASK_ID"',  # not a terminal: plain progress lines in the .out
              ""]
     return "\n".join(lines)
 

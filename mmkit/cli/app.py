@@ -18,11 +18,12 @@ from typing import Any, NoReturn
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from .. import data, tasks  # noqa: F401  (registers the subclasses for short names)
+from ..files import resolve_config_args
 from ..normalizers import GRID_NORMALIZERS
 from .callbacks import GracefulStop, Interrupted, NonFiniteGuard, PredictionsCSV, stop_requested
 from .checkpointing import (
@@ -39,7 +40,9 @@ from .errors import (
     summarize_parse_error,
 )
 from .loggers import MetricsFollowCheckpoint
+from .progress import RunSummary, default_progress_bar
 from .provenance import ProvenanceRecord, definition, optimizer_spec, plain
+from .quiet import quiet_lightning
 from .resume import ExactResume, RecipeOnResume
 from .runs import RunConfigRecord, check_run_dirs, resolve_checkpoint
 
@@ -53,6 +56,13 @@ DESCRIPTION = ("mmkit: train and evaluate models with a pluggable attention/outp
                "paper's Figure 1 input.")
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
                MisconfigurationException)  # Lightning's own checks of trainer and callback options
+CKPT_PATH_HELP = {
+    True: ("the checkpoint to resume from: a .ckpt file, or `last`: the newest run of this config "
+           "(same run directory, checked against the config; in a requeued SLURM job its newer "
+           "hpc_ckpt_*.ckpt). Without it a new run starts in a new version_N."),
+    False: ("the checkpoint to evaluate: a .ckpt file (checked against the config) or `last` (the "
+            "last.ckpt of the newest run of this config). Required unless --allow_untrained true."),
+}
 SPECIAL_CKPT = ("last", "best", "hpc", "registry")  # --ckpt_path values that are not file names
 OUTPUT_OPTIONS = ("trainer.default_root_dir", "trainer.logger.init_args.save_dir", "checkpoint.dirpath")
 
@@ -75,7 +85,8 @@ class _OneLineParser(LightningArgumentParser):
 
 class MMKitCLI(LightningCLI):
     """LightningCLI with mmkit's defaults: a configurable ``ModelCheckpoint`` that
-    keeps ``last.ckpt`` (so ``--ckpt_path last`` resumes), a rich progress bar, a CSV
+    keeps ``last.ckpt`` (so ``--ckpt_path last`` resumes), a progress bar (Rich in a terminal, plain
+    lines otherwise), a one-line run summary, a CSV
     logger under ``runs/``, seed 0, ``predictions.csv`` from ``predict``, and exact
     mid-epoch resume (:class:`~mmkit.cli.resume.ExactResume`).
 
@@ -86,6 +97,7 @@ class MMKitCLI(LightningCLI):
     metrics, for example)."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        quiet_lightning()
         self.results: Any = None
         self.definition: dict[str, Any] = {}
         self.optimizer: dict[str, Any] | None = None
@@ -96,7 +108,7 @@ class MMKitCLI(LightningCLI):
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
             auto_configure_optimizers=False,  # tasks build their own parameter groups
-            parser_kwargs={"description": DESCRIPTION},
+            parser_kwargs={"description": DESCRIPTION, "prog": "mmkit"},
             parser_class=_OneLineParser,
             args=args, run=run,
         )
@@ -109,9 +121,21 @@ class MMKitCLI(LightningCLI):
                             help="validate/test/predict without --ckpt_path: evaluate the randomly "
                                  "initialised model on purpose (otherwise an error)")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str,
+                                   **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        for action in parser._actions:
+            if action.dest == "ckpt_path":
+                action.help = CKPT_PATH_HELP[subcommand == "fit"]
+        return parser
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        if args is None or isinstance(args, list):
-            check_config_files(sys.argv[1:] if args is None else args)
+        if args is None:  # configs/... also names the configs shipped with mmkit
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+            check_config_files(sys.argv[1:])
+        elif isinstance(args, list):
+            args = resolve_config_args(args)
+            check_config_files(args)
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -165,7 +189,13 @@ class MMKitCLI(LightningCLI):
         given = list(config.get("callbacks") or []) + list(callbacks)
         if config.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in given):
-            callbacks = [*callbacks, RichProgressBar()]
+            bar = default_progress_bar()  # Rich on a terminal, plain lines in a file; MMKIT_PROGRESS
+            if bar is None:  # MMKIT_PROGRESS=none
+                config["enable_progress_bar"] = False
+            else:
+                callbacks = [*callbacks, bar]
+        if not any(isinstance(c, RunSummary) for c in given):  # where it wrote, at the end
+            callbacks = [*callbacks, RunSummary()]
         if self.subcommand == "predict":
             callbacks = [*callbacks, PredictionsCSV()]
         if not any(isinstance(c, ExactResume) for c in given):  # RNG states + data position

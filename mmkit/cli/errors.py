@@ -3,6 +3,7 @@ files and output directories checked before anything runs or is written."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -104,6 +105,30 @@ def check_trainer_values(trainer: Any) -> None:
     clip = trainer.get("gradient_clip_val")
     if isinstance(clip, (int, float)) and clip < 0:
         raise ValueError(f"trainer.gradient_clip_val must be >= 0 (0 or null: no clipping), got {clip}")
+    check_logger_packages(trainer.get("logger"))
+
+
+#: Logger class name -> (the packages any one of which it needs, the mmkit extra that installs one).
+LOGGER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tb"),
+    "WandbLogger": (("wandb",), "wandb"),
+}
+
+
+def check_logger_packages(logger: Any) -> None:
+    """A logger whose package is not installed is one line naming the extra to install."""
+    entries = logger if isinstance(logger, list) else [logger]
+    for entry in entries:
+        class_path = entry.get("class_path") if hasattr(entry, "get") else entry
+        if not isinstance(class_path, str):
+            continue
+        name = class_path.rpartition(".")[2]
+        if name not in LOGGER_PACKAGES:
+            continue
+        packages, extra = LOGGER_PACKAGES[name]
+        if not any(importlib.util.find_spec(p) is not None for p in packages):
+            raise ValueError(f"the {name} needs the {' or '.join(packages)} package, which is not installed; "
+                             f"run `pip install 'mmkit[{extra}]'`")
 
 
 def check_output_dir(path: str | os.PathLike, option: str) -> None:

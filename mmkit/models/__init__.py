@@ -1,5 +1,6 @@
 """The models: plain ``nn.Module`` networks, readable top to bottom."""
 
+from .base import ImageClassifierNetwork, LanguageModelNetwork, Network, TranslationNetwork
 from .seq2seq import PRESETS as SEQ2SEQ_PRESETS
 from .seq2seq import Seq2SeqTransformer
 from .transformer_xl import PRESETS as TXL_PRESETS
@@ -7,5 +8,6 @@ from .transformer_xl import TransformerXL
 from .vit import PRESETS as VIT_PRESETS
 from .vit import VisionTransformer
 
-__all__ = ["VisionTransformer", "VIT_PRESETS", "TransformerXL", "TXL_PRESETS",
+__all__ = ["Network", "ImageClassifierNetwork", "LanguageModelNetwork", "TranslationNetwork",
+           "VisionTransformer", "VIT_PRESETS", "TransformerXL", "TXL_PRESETS",
            "Seq2SeqTransformer", "SEQ2SEQ_PRESETS"]

@@ -30,6 +30,7 @@ from ..nn import KVCache, MultiHeadAttention
 from ..nn.blocks import ACTIVATIONS, Mlp, Residual
 from ..nn.positions import fairseq_sinusoid, sinusoid
 from ..normalizers import Normalizer, NormalizerSpec, SoftMax, make_normalizer
+from .base import TranslationNetwork
 from .sizes import check_positive, check_rates, resolve_size
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -107,7 +108,7 @@ def fairseq_init_(attn: MultiHeadAttention) -> None:
         nn.init.zeros_(attn.proj.bias)
 
 
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(TranslationNetwork):
     """``forward(src [B, S], tgt_in [B, T]) -> logits [B, T, V]``.
 
     Args:
@@ -118,7 +119,9 @@ class Seq2SeqTransformer(nn.Module):
         dropout, attn_dropout: residual and attention-probability dropout.
         pre_norm: pre-norm sublayers (post-norm, fairseq's default, otherwise).
         pad_id, bos_id, eos_id: special token ids of the tokenizer.
-        normalizer: the attention normalizer (name, class path or dict).
+        normalizer: the attention normalizer: a registry name (softmax, sparsemax, entmax15, entmax,
+            multimax, evsoftmax), a class path, or a dict such as ``{name: entmax, alpha: 1.3}``;
+            ``--model.network.normalizer.help NAME`` shows a normalizer's options.
         placement: which attentions use ``normalizer`` (see the module docstring):
             ``"official"`` (the MultiMax reference) or ``"everywhere"`` (mmkit's extension,
             the default, so that models trained before this option decode as trained).

@@ -44,6 +44,7 @@ from ..nn.relative import (
     same_length_mask,
 )
 from ..normalizers import Normalizer, NormalizerSpec, make_normalizer
+from .base import LanguageModelNetwork
 from .search import continue_prompt
 from .sizes import check_positive, check_rates, resolve_size
 
@@ -70,7 +71,7 @@ class Lengths(NamedTuple):
     same_length: bool
 
 
-class TransformerXL(nn.Module):
+class TransformerXL(LanguageModelNetwork):
     """``forward(tokens [B, T], mems) -> (logits [B, T, V], new_mems)``.
 
     Args:
@@ -98,7 +99,9 @@ class TransformerXL(nn.Module):
             ``xavier`` (mmkit's earlier scheme); see the module docstring.
         init_std: the standard deviation of the ``original`` init.
         tie_weights: share the input embedding with the output projection.
-        normalizer: the attention normalizer (name, class path or dict).
+        normalizer: the attention normalizer: a registry name (softmax, sparsemax, entmax15, entmax,
+            multimax, evsoftmax), a class path, or a dict such as ``{name: entmax, alpha: 1.3}``;
+            ``--model.network.normalizer.help NAME`` shows a normalizer's options.
         per_head: per-head normalizer parameters.
         output_normalizer: the normalizer of the LM head and its loss.
         fused_head: train with the fused, chunked head + loss (:meth:`head_loss`), which

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..nn import Block
 from ..normalizers import Normalizer, NormalizerSpec, make_normalizer
+from .base import ImageClassifierNetwork
 from .sizes import check_positive, check_rates, resolve_size
 
 #: Width, depth, heads and MLP ratio of the named sizes.
@@ -37,7 +38,7 @@ Preset = Literal["test", "mini", "tiny", "small", "base"]
 Init = Literal["deit", "xavier"]
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ImageClassifierNetwork):
     """DeiT-style ViT; ``forward(images [B, C, H, W]) -> logits [B, num_classes]``.
 
     Args:
@@ -52,7 +53,9 @@ class VisionTransformer(nn.Module):
         drop_path_rate: stochastic depth, rising linearly to this value in the last block.
         pool: ``"avg"`` (global average pooling of the patch tokens) or ``"cls"``
             (a class token).
-        normalizer: the attention normalizer (name, class path or dict).
+        normalizer: the attention normalizer: a registry name (softmax, sparsemax, entmax15, entmax,
+            multimax, evsoftmax), a class path, or a dict such as ``{name: entmax, alpha: 1.3}``;
+            ``--model.network.normalizer.help NAME`` shows a normalizer's options.
         per_head: per-head normalizer parameters.
         output_normalizer: the normalizer of the classifier output and its loss.
         qkv_bias: biases in the q/k/v projections (DeiT and timm: on; the official MultiMax

@@ -23,6 +23,8 @@ takes the materialized path and hands them to a function. Inactive, it costs one
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -114,7 +116,7 @@ def attend(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    normalizer: Normalizer,
+    normalizer: Normalizer | NormalizerSpec,
     *,
     mask: Tensor | None = None,
     causal: bool = False,
@@ -127,7 +129,9 @@ def attend(
 
     Args:
         q, k, v: ``[B, H, Nq, D]``, ``[B, H, Nk, D]``, ``[B, H, Nk, Dv]``.
-        normalizer: any :class:`~mmkit.normalizers.Normalizer` (per-head ones expect H).
+        normalizer: any :class:`~mmkit.normalizers.Normalizer` (per-head ones expect H), or a
+            spec of one without learnable parameters (``"entmax15"``, ``{"name": "entmax",
+            "alpha": 1.3}``; see :func:`as_normalizer`).
         mask: bool keep-mask broadcastable to ``[B, H, Nq, Nk]`` (True = attend).
         causal: add a bottom-right aligned causal mask (queries are the last Nq keys).
         bias: additive float scores broadcastable to ``[B, H, Nq, Nk]`` (e.g. relative
@@ -141,6 +145,7 @@ def attend(
         with no key to attend to give zeros.
     """
     _check_inputs(q, k, v, mask, dropout_p)
+    normalizer = as_normalizer(normalizer)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     captures = _CAPTURE.get()
     form = None if need_weights or captures else normalizer.fused_form()
@@ -220,15 +225,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, mask: Tensor | None = None,
                 causal: bool = False, bias: Tensor | None = None, need_weights: bool = False,
-                cache: KVCache | None = None, normalizer: Normalizer | None = None
+                cache: KVCache | None = None, normalizer: Normalizer | NormalizerSpec | None = None
                 ) -> Tensor | tuple[Tensor, Tensor]:
         """``x`` ``[B, Nq, C]`` attends to ``context`` ``[B, Nk, C]`` (itself by default).
 
         With ``cache`` (incremental decoding), self-attention appends this step's keys
         and values to it and attends to all of them (``causal`` is aligned to the end);
         a ``static`` cache (cross-attention) projects ``context`` once and reuses it.
-        ``normalizer`` replaces the layer's own for this call only (e.g. softmax in the
-        reference's incremental decoding).
+        ``normalizer`` (a module, or a spec as :func:`attend` takes) replaces the layer's own
+        for this call only (e.g. softmax in the reference's incremental decoding).
         """
         q = self._heads(self.q(x))
         if cache is not None and cache.static and cache.k is not None:
@@ -249,6 +254,29 @@ class MultiHeadAttention(nn.Module):
         b, _, n, _ = out.shape
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, -1)))  # [B, Nq, C]
         return (out, probs) if need_weights else out
+
+
+def as_normalizer(normalizer: Normalizer | NormalizerSpec) -> Normalizer:
+    """``normalizer`` itself when it is a module; a spec (name, class path or dict) builds one,
+    once per spec, in eval mode. A spec whose normalizer has learnable parameters is refused:
+    built on the fly they would be an untrained initialisation, a silently wrong attention."""
+    if isinstance(normalizer, Normalizer):
+        return normalizer
+    if not isinstance(normalizer, (str, dict)):
+        raise ValueError(f"normalizer must be a Normalizer module or a spec (a name such as 'entmax15', "
+                         f"a class path or a dict), got {type(normalizer).__name__}")
+    return _from_spec(json.dumps(normalizer, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _from_spec(spec_json: str) -> Normalizer:
+    spec = json.loads(spec_json)
+    built = make_normalizer(spec).eval()
+    if any(p.requires_grad for p in built.parameters()):
+        raise ValueError(f"normalizer {spec!r} has learnable parameters; a spec would give them a fresh, "
+                         "untrained value at every use: build the module once (e.g. MultiMax()) and pass "
+                         "it, so its parameters are trained with the model")
+    return built
 
 
 def build_attention_normalizer(spec: NormalizerSpec, num_heads: int | None = None) -> Normalizer:

@@ -17,6 +17,7 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
+from ..models.base import ImageClassifierNetwork
 from ..normalizers import Normalizer, SoftMax
 from .checks import check_images
 from .optim import param_groups, warmup_cosine
@@ -26,8 +27,10 @@ class ImageClassification(LightningModule):
     """Train and evaluate an image classifier.
 
     Args:
-        network: an ``nn.Module`` mapping images ``[B, C, H, W]`` to logits; it may
-            have an ``output_normalizer`` (SoftMax otherwise) and ``no_weight_decay()``.
+        network: maps images ``[B, C, H, W]`` to logits, e.g. mmkit's ``VisionTransformer``;
+            a network of your own subclasses :class:`mmkit.models.ImageClassifierNetwork`
+            (an ``nn.Module``). It may have an ``output_normalizer`` (SoftMax otherwise) and
+            ``no_weight_decay()``.
         optimizer: builds the optimizer from the parameter groups (no weight decay
             for norms, biases, position embeddings and normalizer parameters).
         scheduler: an LR scheduler stepped per epoch; by default a per-step linear
@@ -42,7 +45,7 @@ class ImageClassification(LightningModule):
 
     def __init__(
         self,
-        network: nn.Module,
+        network: ImageClassifierNetwork,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         warmup_epochs: float = 0.0,

@@ -34,9 +34,10 @@ import math
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics.aggregation import SumMetric
 
+from ..models.base import LanguageModelNetwork
 from ..nn.lm_head import supports_fused_head
 from ..normalizers import Normalizer
 from .checks import check_vocab
@@ -47,8 +48,9 @@ class LanguageModeling(LightningModule):
     """Train and evaluate a memory LM (``network(tokens, mems) -> (logits, mems)``).
 
     Args:
-        network: e.g. :class:`~mmkit.models.TransformerXL`; it has ``vocab_size`` and
-            ``output_normalizer``.
+        network: e.g. mmkit's ``TransformerXL``; a network of your own subclasses
+            :class:`mmkit.models.LanguageModelNetwork` and has its interface
+            (``vocab_size``, ``output_normalizer``, ``forward_hidden``, ``head_loss``, ...).
         optimizer: builds the optimizer from the parameter groups.
         scheduler: an LR scheduler stepped per epoch; by default a per-step linear
             warmup over ``warmup_steps`` and cosine decay to ``min_lr_ratio``.
@@ -60,7 +62,7 @@ class LanguageModeling(LightningModule):
             which continues each prompt of the data module with cached memory.
     """
 
-    def __init__(self, network: nn.Module, optimizer: OptimizerCallable = torch.optim.AdamW,
+    def __init__(self, network: LanguageModelNetwork, optimizer: OptimizerCallable = torch.optim.AdamW,
                  scheduler: LRSchedulerCallable | None = None, warmup_steps: int = 0,
                  min_lr_ratio: float = 0.0, label_smoothing: float = 0.0,
                  ppl_epsilon: float = 1e-6, max_new_tokens: int = 100, temperature: float = 1.0,

@@ -35,10 +35,11 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics.aggregation import MeanMetric
 
+from ..models.base import TranslationNetwork
 from ..models.search import beam_search, greedy_decode
 from .checks import check_vocab
 from .optim import param_groups
@@ -72,7 +73,8 @@ class Translation(LightningModule):
     """Train and evaluate a translation model.
 
     Args:
-        network: e.g. :class:`~mmkit.models.Seq2SeqTransformer`.
+        network: e.g. mmkit's ``Seq2SeqTransformer``; a network of your own subclasses
+            :class:`mmkit.models.TranslationNetwork` and has its interface.
         optimizer: builds the optimizer from the parameter groups.
         scheduler: an LR scheduler stepped per epoch; by default inverse-sqrt with
             ``warmup_steps`` stepped per optimizer step.
@@ -90,7 +92,7 @@ class Translation(LightningModule):
         max_len_a, max_len_b: outputs are at most ``a · source length + b`` tokens.
     """
 
-    def __init__(self, network: nn.Module, optimizer: OptimizerCallable = torch.optim.Adam,
+    def __init__(self, network: TranslationNetwork, optimizer: OptimizerCallable = torch.optim.Adam,
                  scheduler: LRSchedulerCallable | None = None, warmup_steps: int = 4000,
                  label_smoothing: float = 0.1, beam: int = 5, len_penalty: float = 1.0,
                  max_len_a: float = 1.5, max_len_b: int = 10,
