@@ -48,7 +48,8 @@ def test_tiny_grid_writes_csv_table_and_plot(tmp_path, capsys):
         ("multimax", "0"), ("multimax", "1"), ("softmax", "0"), ("softmax", "1")]
     for row in rows:
         assert 0.0 <= float(row["test/acc1"]) <= 1.0 and float(row["wall_s"]) > 0
-        assert Path(row["ckpt"]).is_file() and row["config"].endswith("mnist.yaml")
+        assert not Path(row["ckpt"]).is_absolute() and (root / row["ckpt"]).is_file()  # relative to the grid
+        assert row["config"].endswith("mnist.yaml")
     # the table's mean ± std is the mean and std of the CSV rows
     table = (root / "results.md").read_text()
     soft = [float(r["test/acc1"]) for r in rows if r["normalizer"] == "softmax"]

@@ -1,19 +1,25 @@
-"""The ablation's outputs: ``results.csv`` (one row per run), ``results.md`` (mean ±
-std per normalizer and task, best marked) and ``results.png`` (bars with error bars,
-and validation curves)."""
+"""The ablation's outputs: ``results.csv`` (one row per run; checkpoint paths relative to
+the grid's folder), ``results.md`` (mean ± std per normalizer and task, best marked) and
+``results.png`` (per-seed points with the mean and its 95% t interval, and validation
+curves). The statistics are :mod:`mmkit.analysis.summary`'s."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import os
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..files import atomic_open, write_text_atomic
+from ..analysis.summary import mean_ci, mean_std
+from ..files import write_text_atomic
 from .grid import AblationSpec
 from .runner import read_metrics
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the command
+    from matplotlib.figure import Figure
 
 FIXED_COLUMNS = ["id", "config", "normalizer", "seed"]
 TAIL_COLUMNS = ["wall_s", "ckpt"]
@@ -25,12 +31,23 @@ def lower_is_better(metric: str) -> bool:
     return any(word in metric.split("/")[-1] for word in LOWER_IS_BETTER)
 
 
+def relative_path(value: Any, root: Path) -> Any:
+    """``value`` relative to ``root`` when it is an absolute path inside ``root`` (so that
+    ``root / result`` finds it wherever the grid's folder is moved), else unchanged."""
+    if not value or not os.path.isabs(str(value)):
+        return value
+    path, base = Path(value).resolve(), Path(root).resolve()
+    return path.relative_to(base).as_posix() if path.is_relative_to(base) else value
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """One row per run; ``ckpt`` is relative to the CSV's folder (the grid's ``spec.root``)."""
     metrics = sorted({k for row in rows for k in row} - set(FIXED_COLUMNS) - set(TAIL_COLUMNS))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=FIXED_COLUMNS + metrics + TAIL_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**row, "ckpt": relative_path(row.get("ckpt"), path.parent)} if "ckpt" in row else row
+                     for row in rows)
     write_text_atomic(path, out.getvalue())
 
 
@@ -39,10 +56,6 @@ def table_metrics(spec: AblationSpec, rows: list[dict[str, Any]]) -> list[str]:
     if spec.metrics:
         return list(spec.metrics)
     return sorted({k for row in rows for k in row if k.startswith("test/")})
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def _fmt(value: float) -> str:
@@ -64,7 +77,7 @@ def summary_table(spec: AblationSpec, rows: list[dict[str, Any]]) -> str:
             values = [float(r[m]) for r in rows if r["normalizer"] == n and Path(r["config"]).stem == t
                       and m in r and not math.isnan(float(r[m]))]
             if values:
-                cells[t, m, n] = (*_mean_std(values), len(values))
+                cells[t, m, n] = (*mean_std(values), len(values))
     header = ["normalizer"] + [f"{t} {m}" + (" ↓" if lower_is_better(m) else " ↑") for t, m in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {}
@@ -105,49 +118,75 @@ def _val_curve(cell_dir: Path, metric: str) -> list[tuple[float, float]]:
     return sorted(points.items())
 
 
-def plot(spec: AblationSpec, rows: list[dict[str, Any]], path: Path) -> None:
-    """Per task: the primary test metric as bars (mean, error bar = std over seeds) and
-    its validation curve per normalizer (mean over seeds) against the step."""
-    import matplotlib
+def seed_offsets(n: int, width: float = 0.25) -> list[float]:
+    """Horizontal offsets that spread ``n`` per-seed points over ``width`` (deterministic jitter)."""
+    return [0.0] if n == 1 else [width * (i / (n - 1) - 0.5) for i in range(n)]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def draw_seeds(ax: Any, x: float, values: list[float], color: str) -> None:
+    """Per-seed points around ``x`` and, right of them, the mean with its 95% t interval
+    (n >= 2) or the mean alone, marked ``n = 1``."""
+    ax.scatter([x - 0.1 + d for d in seed_offsets(len(values))], values, s=18, color=color, alpha=0.6,
+               zorder=3, label="seeds" if x == 0 else None)
+    mean, half = mean_ci(values)
+    ax.errorbar(x + 0.22, mean, yerr=None if half is None else half, fmt="D", color="black", ms=5,
+                capsize=4, zorder=4, label="mean ± 95% CI (t)" if x == 0 else None)
+    ax.annotate(f"n = {len(values)}", (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                textcoords="offset points", ha="center", fontsize=7, color="0.3")
+
+
+def plot(spec: AblationSpec, rows: list[dict[str, Any]], path: Path) -> None:
+    """Write :func:`plot_figure` to ``path`` (format from the suffix)."""
+    from ..analysis.figures import save_figure
+
+    save_figure(plot_figure(spec, rows), path, dpi=110)
+
+
+def plot_figure(spec: AblationSpec, rows: list[dict[str, Any]]) -> Figure:
+    """Per task, top: the primary test metric of every seed (points) and its mean with a 95%
+    Student-t confidence interval per normalizer (``n = 1``: the mean alone), on a y-range
+    fitted to the values; bottom: its validation curve per normalizer (mean over seeds)."""
+    from ..analysis.figures import new_figure
 
     tasks = list(dict.fromkeys(r["config"] for r in rows))
     normalizers = [n for n in spec.overlays if any(r["normalizer"] == n for r in rows)]
-    fig, axes = plt.subplots(2, len(tasks), figsize=(4.8 * len(tasks), 7), squeeze=False)
+    fig = new_figure(max(5.5, 1.1 * len(normalizers) + 2.5) * len(tasks), 7.5)
+    axes = fig.subplots(2, len(tasks), squeeze=False)
     colors = {n: f"C{i}" for i, n in enumerate(normalizers)}
     for j, config in enumerate(tasks):
         task_rows = [r for r in rows if r["config"] == config]
         metric = primary_metric(table_metrics(spec, task_rows))
-        bars, curves = axes[0][j], axes[1][j]
+        points, curves = axes[0][j], axes[1][j]
         if metric is None:
             continue
+        val_metric = "val/" + metric.split("/", 1)[-1]
         for i, n in enumerate(normalizers):
-            values = [float(r[metric]) for r in task_rows if r["normalizer"] == n and metric in r]
+            values = [float(r[metric]) for r in task_rows if r["normalizer"] == n and metric in r
+                      and not math.isnan(float(r[metric]))]
             if values:
-                mean, std = _mean_std(values)
-                bars.bar(i, mean, yerr=std, capsize=4, color=colors[n])
-            val_metric = "val/" + metric.split("/", 1)[-1]
+                draw_seeds(points, i, values, colors[n])
             runs = [_val_curve(spec.root / "cells" / r["id"], val_metric)
                     for r in task_rows if r["normalizer"] == n]
             runs = [c for c in runs if c]
             if runs:
                 steps = sorted(set.intersection(*(set(s for s, _ in c) for c in runs)))
                 means = [statistics.fmean(dict(c)[s] for c in runs) for s in steps]
-                curves.plot(steps, means, marker=".", color=colors[n], label=n)
-        bars.set_xticks(range(len(normalizers)), normalizers, rotation=30)
-        bars.set_title(f"{Path(config).stem}: {metric}")
-        curves.set_title(f"validation {metric.split('/', 1)[-1]}")
+                curves.plot(steps, means, marker=".", color=colors[n], label=f"{n} (n = {len(runs)})")
+        points.set_xticks(range(len(normalizers)), normalizers, rotation=20)
+        points.set_xlim(-0.6, len(normalizers) - 0.3)
+        points.margins(y=0.15)
+        points.set_ylabel(f"{metric} ({'lower' if lower_is_better(metric) else 'higher'} is better)")
+        points.set_title(f"{Path(config).stem}: {metric}", fontsize=10)
+        points.grid(axis="y", alpha=0.3)
+        if points.collections:
+            points.legend(fontsize=7, loc="best")
+        curves.set_title(f"validation {metric.split('/', 1)[-1]} (mean over seeds)", fontsize=10)
         curves.set_xlabel("step")
+        curves.set_ylabel(val_metric)
+        curves.grid(alpha=0.3)
         if curves.lines:
-            curves.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+            curves.legend(fontsize=7)
+    return fig
 
 
 def write_reports(spec: AblationSpec, rows: list[dict[str, Any]]) -> dict[str, Path]:

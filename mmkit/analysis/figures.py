@@ -2,10 +2,12 @@
 
 - :func:`simplex_figure`: Figure 1's trajectories on the 2-simplex of several
   normalizers on ``v = (10, x, -1)`` as ``x`` sweeps (:func:`figure1_trajectories`);
-- :func:`pareto_figure`: sparsity S against multi-modality M, from the toy input
-  (:func:`toy_pareto_series`) or from logged statistics (:func:`metrics_sm`);
-- :func:`sigma_figure`: learned SegLU σ(x) per layer (and head);
-- :func:`attention_figure`: a ViT's attention maps on one image, per layer and head.
+- :func:`pareto_figure`: sparsity S against multi-modality M on the toy input
+  (:func:`toy_pareto_series`), :func:`metrics_pareto_figure` from logged statistics
+  (:func:`metrics_sm`), one labelled point per run and layer;
+- :func:`sigma_figure`: learned SegLU σ(x) per layer (and head).
+
+Attention maps are in :mod:`.attention_maps`.
 
 Every function returns a :class:`~matplotlib.figure.Figure`; :func:`save_figure`
 writes it. No global matplotlib state is touched.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +33,8 @@ from .measures import multimodality, sparsity
 
 Curve = tuple[str, Tensor]  # a label and points [K, 3] (simplex) or [K, 2] (S, M)
 SQRT3_2 = math.sqrt(3) / 2
+#: Line colours without the default cycle's grey (C7), which the simplex uses for context.
+COLORS = [f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -74,32 +79,47 @@ def barycentric(p: Tensor) -> Tensor:
 
 
 def simplex_figure(curves: Sequence[Curve], xs: Tensor, mark: float = FIGURE1_INPUT[1],
-                   labels: tuple[str, str, str] = ("p(10)", "p(x)", "p(-1)")) -> Figure:
-    """Left: trajectories on the simplex (a cross marks the start, a dot ``x = mark``,
-    Figure 1's v). Right: the same probabilities of the three entries against ``x``."""
-    fig = new_figure(11, 4.8)
-    ax, side = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+                   labels: tuple[str, str, str] = ("p(10)", "p(x)", "p(-1)"), cols: int = 4) -> Figure:
+    """Small multiples: one triangle per normalizer with its trajectory (a cross marks
+    ``x = xs[0]``, a dot ``x = mark``, Figure 1's v) over all the others in grey; the last
+    panel plots every normalizer's ``p(x)`` against ``x``, with the legend outside."""
+    if not curves:
+        raise ValueError("no trajectories to plot")
+    cols = min(cols, len(curves) + 1)
+    rows = math.ceil((len(curves) + 1) / cols)
+    fig = new_figure(2.3 * cols + 1.6, 2.3 * rows + 0.5)
     corners = barycentric(torch.eye(3))
-    ax.plot(*torch.cat([corners, corners[:1]]).T, color="black", lw=1)
-    for corner, label, offset in zip(corners, labels, ((-0.06, -0.05), (0.01, -0.05), (-0.04, 0.03))):
-        ax.text(float(corner[0]) + offset[0], float(corner[1]) + offset[1], label)
+    outline = torch.cat([corners, corners[:1]]).T
+    paths = [barycentric(probs) for _, probs in curves]
     at = int((xs - mark).abs().argmin())
-    for label, probs in curves:
-        xy = barycentric(probs)
-        (line,) = ax.plot(xy[:, 0], xy[:, 1], lw=1.5, label=label)
-        ax.plot(xy[0, 0], xy[0, 1], "x", color=line.get_color())
-        ax.plot(xy[at, 0], xy[at, 1], "o", color=line.get_color())
-        for j, style in enumerate(("-", "--", ":")):
-            side.plot(xs, probs[:, j], style, color=line.get_color(), lw=1.2)
-    ax.set_title(f"(10, x, -1), x from {float(xs[0]):g} (cross) to {float(xs[-1]):g}; dot: x = {mark:g}",
-                 fontsize=9)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    ax.legend(loc="upper right", fontsize=7)
-    side.set_xlabel("x")
-    side.set_title(f"{labels[0]} solid, {labels[1]} dashed, {labels[2]} dotted", fontsize=9)
+    first = None
+    for i, ((label, probs), xy) in enumerate(zip(curves, paths)):
+        ax = fig.add_subplot(rows, cols, i + 1, sharex=first, sharey=first)
+        first = first or ax
+        ax.plot(*outline, color="black", lw=0.8)
+        for other in paths:
+            ax.plot(other[:, 0], other[:, 1], color="0.8", lw=0.6)
+        ax.plot(xy[:, 0], xy[:, 1], lw=1.8, color=COLORS[i % len(COLORS)])
+        ax.plot(xy[0, 0], xy[0, 1], "x", color="black", ms=6)
+        ax.plot(xy[at, 0], xy[at, 1], "o", color="black", ms=4)
+        for corner, name, ha, dy in zip(corners, labels, ("left", "right", "center"), (-0.1, -0.1, 0.04)):
+            ax.text(float(corner[0]), float(corner[1]) + dy, name, ha=ha, fontsize=7)
+        ax.set_title(label, fontsize=9, color=COLORS[i % len(COLORS)])
+        ax.set_xlim(-0.08, 1.08)
+        ax.set_ylim(-0.14, SQRT3_2 + 0.1)
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+    side = fig.add_subplot(rows, cols, len(curves) + 1)
+    for i, (label, probs) in enumerate(curves):
+        side.plot(xs, probs[:, 1], color=COLORS[i % len(COLORS)], lw=1.2, label=label)
     side.axvline(mark, color="gray", lw=0.8)
+    side.set_xlabel("x", fontsize=8)
+    side.set_ylabel(labels[1], fontsize=8)
+    side.tick_params(labelsize=7)
     side.grid(alpha=0.3)
+    fig.legend(*side.get_legend_handles_labels(), loc="outside right center", fontsize=7, frameon=False)
+    fig.suptitle(f"v = (10, x, -1), x from {float(xs[0]):g} (cross) to {float(xs[-1]):g}; "
+                 f"dot: x = {mark:g}; grey: the other normalizers", fontsize=9)
     return fig
 
 
@@ -140,17 +160,51 @@ def metrics_sm(path: str | Path) -> list[tuple[str, float, float]]:
 
 
 def pareto_figure(series: Sequence[Curve], title: str = "sparsity vs multi-modality") -> Figure:
-    """S (x) against M (y): series of several points are lines, single points markers."""
-    fig = new_figure(6, 4.5)
+    """S (x) against M (y): series of several points (a swept parameter) are lines,
+    single points hollow markers; the legend is outside the axes."""
+    fig = new_figure(7.5, 4.5)
     ax = fig.add_subplot()
+    markers = iter("osD^vP*X" * len(series))
     for label, points in series:
-        style = "o" if len(points) == 1 else ".-"
-        ax.plot(points[:, 0], points[:, 1], style, label=label, ms=6 if len(points) == 1 else 3)
+        if len(points) == 1:  # hollow, each its own marker: points that coincide stay visible
+            ax.plot(points[:, 0], points[:, 1], next(markers), label=label, ms=9, mfc="none", mew=1.6)
+        else:
+            ax.plot(points[:, 0], points[:, 1], ".-", label=label, ms=3)
     ax.set_xlabel("sparsity S")
     ax.set_ylabel("multi-modality M")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig.legend(loc="outside right center", fontsize=7, frameon=False)
+    return fig
+
+
+def short_layer(name: str) -> str:
+    """A short point label for a layer: ``blocks.3.attn`` -> ``L3``,
+    ``encoder.layers.0.self_attn`` -> ``encoder.L0.self_attn``."""
+    return re.sub(r"(?:blocks|layers)\.(\d+)", r"L\1", name).removesuffix(".attn")
+
+
+def metrics_pareto_figure(runs: Sequence[tuple[str, Sequence[tuple[str, float, float]]]],
+                          title: str = "per-layer attention S and M (last logged)") -> Figure:
+    """S against M of every layer of every run (``(run, [(layer, S, M), ...])``): one colour
+    and marker per run (legend), each point labelled with its layer; no lines, as layers
+    have no order in this plane."""
+    if not runs:
+        raise ValueError("no runs to plot")
+    fig = new_figure(7.5, 4.8)
+    ax = fig.add_subplot()
+    for i, (run, points) in enumerate(runs):
+        s, m = [p[1] for p in points], [p[2] for p in points]
+        ax.scatter(s, m, s=30, marker="osD^vP*X"[i % 8], color=f"C{i % 10}", label=run, zorder=3)
+        for layer, x, y in points:
+            ax.annotate(short_layer(layer), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7,
+                        color=f"C{i % 10}")
+    ax.set_xlabel("sparsity S")
+    ax.set_ylabel("multi-modality M")
+    ax.set_title(title, fontsize=10)
+    ax.margins(0.12)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right center", fontsize=7, frameon=False, title="run", title_fontsize=8)
     return fig
 
 
@@ -174,38 +228,9 @@ def sigma_figure(params: dict[str, tuple[Tensor, Tensor]], x_range: tuple[float,
             for h, norm in enumerate(heads):
                 ax.plot(x, norm.modulate(x), lw=1.5, label=f"head {h}" if len(heads) > 1 else None)
         ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("x", fontsize=8)
+        ax.set_ylabel("σ(x)", fontsize=8)
+        ax.grid(alpha=0.3)
         if len(heads) > 1:
             ax.legend(fontsize=6)
-    return fig
-
-
-# ------------------------------------------------------------------ attention maps
-def attention_figure(image: Tensor, maps: Sequence[Tensor], grid: tuple[int, int], has_cls: bool) -> Figure:
-    """One image ``[C, H, W]`` and its attention maps ``[heads, N, N]`` per layer.
-
-    Each panel is a ``grid`` map over the patches: the class token's attention with a
-    class token, otherwise the mean attention each patch receives over all queries.
-    Rows are layers; columns the image, the mean over heads, then each head.
-    """
-    if not maps:
-        raise ValueError("no attention maps")
-    heads = maps[0].shape[0]
-    fig = new_figure(1.6 * (heads + 2), 1.6 * len(maps))
-    shown = image.float()
-    shown = (shown - shown.min()) / (shown.max() - shown.min()).clamp_min(1e-8)
-    shown = shown[0] if shown.shape[0] == 1 else shown.permute(1, 2, 0)  # [H, W] or [H, W, C]
-    for layer, attn in enumerate(maps):
-        received = attn[:, 0, 1:] if has_cls else attn[:, :, -grid[0] * grid[1]:].mean(1)  # [heads, N]
-        panels = [received.mean(0), *received]
-        ax = fig.add_subplot(len(maps), heads + 2, layer * (heads + 2) + 1)
-        ax.imshow(shown, cmap="gray")
-        ax.set_ylabel(f"layer {layer}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for j, panel in enumerate(panels):
-            ax = fig.add_subplot(len(maps), heads + 2, layer * (heads + 2) + j + 2)
-            ax.imshow(panel.reshape(grid).float(), cmap="viridis")
-            ax.axis("off")
-            if layer == 0:
-                ax.set_title("mean" if j == 0 else f"head {j - 1}", fontsize=8)
     return fig
