@@ -156,8 +156,9 @@ def test_summary_table_marks_the_best_in_each_direction(tmp_path):
                                     ("multimax", 0, 0.95, 0.6), ("multimax", 1, 0.85, 0.8)]]
     lines = summary_table(spec, rows).splitlines()
     assert lines[0] == "| normalizer | mnist test/acc1 ↑ | mnist test/loss ↓ |"
-    assert lines[2] == "| softmax | 0.85 ± 0.07071 | **0.6 ± 0.1414** |"
-    assert lines[3] == "| multimax | **0.9 ± 0.07071** | 0.7 ± 0.1414 |"
+    # ± std, then the 95% t interval: mean ± t(0.975, df=1) · std / √2 = mean ± 12.706 · std / √2
+    assert lines[2] == "| softmax | 0.85 ± 0.07071 [0.2147, 1.485] | **0.6 ± 0.1414 [-0.6706, 1.871]** |"
+    assert lines[3] == "| multimax | **0.9 ± 0.07071 [0.2647, 1.535]** | 0.7 ± 0.1414 [-0.5706, 1.971] |"
 
 
 def test_parallel_jobs_run_cells_in_child_processes(tmp_path, capsys):

@@ -13,10 +13,11 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..analysis.summary import mean_ci, mean_std
+from ..analysis.summary import mean_ci
 from ..files import write_text_atomic
 from .grid import AblationSpec
 from .runner import read_metrics
+from .statistics import Summary, comparison_table, per_normalizer
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the command
     from matplotlib.figure import Figure
@@ -64,25 +65,23 @@ def _fmt(value: float) -> str:
 
 def summary_table(spec: AblationSpec, rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per normalizer, one column per (task, metric), mean ± std over
-    seeds; the best mean of each column is in bold (higher is better unless the name
-    says loss, ppl, bpb, nll or err)."""
+    seeds and the mean's 95% t interval; the best mean of each column is in bold (higher is
+    better unless the name says loss, ppl, bpb, nll or err). Below it, the paired
+    comparison with softmax (:func:`mmkit.ablation.statistics.comparison_table`)."""
     metrics = table_metrics(spec, rows)
     tasks = list(dict.fromkeys(Path(r["config"]).stem for r in rows))
     normalizers = [n for n in spec.overlays if any(r["normalizer"] == n for r in rows)]
     columns = [(t, m) for t in tasks for m in metrics
                if any(Path(r["config"]).stem == t and m in r for r in rows)]
-    cells: dict[tuple[str, str, str], tuple[float, float, int]] = {}
+    cells: dict[tuple[str, str, str], Summary] = {}
     for t, m in columns:
-        for n in normalizers:
-            values = [float(r[m]) for r in rows if r["normalizer"] == n and Path(r["config"]).stem == t
-                      and m in r and not math.isnan(float(r[m]))]
-            if values:
-                cells[t, m, n] = (*mean_std(values), len(values))
+        for n, summary in per_normalizer(rows, t, m).items():
+            cells[t, m, n] = summary
     header = ["normalizer"] + [f"{t} {m}" + (" ↓" if lower_is_better(m) else " ↑") for t, m in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {}
     for t, m in columns:
-        means = {n: cells[t, m, n][0] for n in normalizers if (t, m, n) in cells}
+        means = {n: cells[t, m, n].mean for n in normalizers if (t, m, n) in cells}
         if means:
             best[t, m] = (min if lower_is_better(m) else max)(means, key=means.get)
     for n in normalizers:
@@ -91,13 +90,19 @@ def summary_table(spec: AblationSpec, rows: list[dict[str, Any]]) -> str:
             if (t, m, n) not in cells:
                 entries.append("–")
                 continue
-            mean, std, count = cells[t, m, n]
-            text = f"{_fmt(mean)} ± {_fmt(std)}" if count > 1 else _fmt(mean)
+            cell = cells[t, m, n]
+            text = _fmt(cell.mean)
+            if cell.half is not None:
+                text += f" ± {_fmt(cell.std)} [{_fmt(cell.mean - cell.half)}, {_fmt(cell.mean + cell.half)}]"
             entries.append(f"**{text}**" if best.get((t, m)) == n else text)
         lines.append("| " + " | ".join(entries) + " |")
     seeds = sorted({r["seed"] for r in rows})
     lines.append("")
-    lines.append(f"mean ± std over seeds {seeds} (n per cell = runs finished); best in bold.")
+    lines.append(f"mean ± std [95% t interval of the mean] over seeds {seeds} (n per cell = runs "
+                 "finished); best mean in bold.")
+    comparison = comparison_table(rows, tasks, metrics, normalizers)
+    if comparison is not None:
+        lines += ["", comparison]
     return "\n".join(lines)
 
 
