@@ -8,6 +8,8 @@
   (:mod:`mmkit.ablation`, which is handed the CLI entry points).
 - ``mmkit figures simplex|pareto|sigma|attention ...``: the analysis figures
   (:mod:`mmkit.cli.figures`).
+- ``mmkit export --ckpt_path RUN/checkpoints/last.ckpt [--out DIR]``: the trained network as
+  ``model.safetensors`` + ``config.json`` (:mod:`mmkit.cli.export`).
 - ``mmkit demo``: every normalizer on the paper's Figure 1 input.
 
 User errors (a bad value, a missing file) end with one line on stderr and exit
@@ -22,6 +24,7 @@ from .ablation.command import main as ablate_main
 from .ablation.runner import CLIEntry
 from .analysis.figure1 import figure1_table
 from .cli import MMKitCLI, check_arguments, guarded, run
+from .cli.export import main as export_main
 from .cli.figures import main as figures_main
 from .cli.helptext import COMMANDS, demo_help, main_help, normalizer_help, version_text
 
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args[0] == "figures":
         return figures_main(args[1:])
+    if args[0] == "export":
+        return export_main(args[1:])
     if args[0] == "ablate":
         return guarded(lambda: ablate_main(args[1:], CLIEntry(run=run, check=check_arguments)))
     try:

@@ -162,7 +162,9 @@ CASES: dict[str, Case] = {
                                        ("unrecognized arguments: --nosuch=1",)),
     "abbreviated-option": (lambda t: [*vit(t), "--trainer.max_step=1"],  # not --trainer.max_steps
                            ("unrecognized arguments: --trainer.max_step=1",)),
-    "unknown-subcommand": (lambda t: ["fitt", "-c", MNIST], ("invalid choice: 'fitt'", "'fit'")),
+    "unknown-subcommand": (lambda t: ["fitt", "-c", MNIST], ("unknown command 'fitt'", "fit, validate")),
+    "missing-init-weights": (lambda t: [*vit(t), f"--model.init_args.init_weights={t / 'no_export'}"],
+                             ("no_export not found", "an export directory")),
     "unknown-normalizer-in-yaml": (
         lambda t: [*vit(t), "-c", str(write(t / "n.yaml", "model:\n  init_args:\n    network:\n"
                                                             "      init_args: {output_normalizer: xmax}\n"))],

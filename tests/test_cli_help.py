@@ -38,7 +38,7 @@ def test_main_help_lists_every_command_and_version(capsys):
     assert code == 0 and out.startswith("usage: mmkit <command>")
     for name in COMMANDS:
         assert f"\n  {name} " in out
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "ablate", "figures", "demo"}
+    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "ablate", "figures", "export", "demo"}
     assert run(["--version"], capsys)[:2] == (0, f"mmkit {__version__}\n")
     code, out, err = run([], capsys)
     assert code == 2 and out == "" and err.startswith("usage: mmkit")

@@ -40,7 +40,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "kernels": frozenset({"files", "kernels"}),
     "normalizers": frozenset({"files", "kernels", "normalizers"}),
     "nn": frozenset({"files", "kernels", "normalizers", "nn"}),
-    "models": _CORE,
+    "models": _CORE | {"__version__"},  # an export records the version
     "data": frozenset({"files", "data"}),
     "tasks": _CORE | {"tasks"},
     "analysis": _CORE | {"analysis"},
@@ -48,7 +48,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ablation": _CORE | {"data", "tasks", "analysis", "cli", "ablation", "__version__"},
 }
 #: Modules of mmkit/models/ that every model may import; any other module there is a model.
-MODEL_HELPERS = frozenset({"__init__", "base", "sizes", "search"})
+MODEL_HELPERS = frozenset({"__init__", "base", "sizes", "search", "pretrained", "saving"})
 #: Top-level packages of Lightning.
 LIGHTNING = frozenset({"lightning", "pytorch_lightning", "lightning_fabric"})
 #: The layers that may import Lightning, and the single modules elsewhere that may.

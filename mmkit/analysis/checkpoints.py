@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from ..files import read_checkpoint
 from ..models import VisionTransformer
+from ..models.saving import build_network
 from ..normalizers import MultiMax
 from .stats import layer_name
 
@@ -90,20 +90,6 @@ def recorded_network(ckpt: dict[str, Any]) -> dict[str, Any] | None:
             return network
     network = (ckpt.get("hyper_parameters") or {}).get("network")
     return network if isinstance(network, dict) else None
-
-
-def build_network(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate ``{"class_path": "mmkit.models....", "init_args": {...}}`` (mmkit's own
-    network classes only: a checkpoint names no code to run)."""
-    class_path = str(spec.get("class_path", ""))
-    module_name, _, name = class_path.rpartition(".")
-    if not module_name.startswith("mmkit.models"):
-        raise ValueError(f"the checkpoint's network is {class_path!r}; only mmkit.models networks "
-                         "are rebuilt")
-    cls = getattr(importlib.import_module(module_name), name, None)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ValueError(f"{class_path!r} is not a network class of this mmkit")
-    return cls(**(spec.get("init_args") or {}))
 
 
 def load_network(ckpt: str | Path, config: str | Path | None = None) -> nn.Module:

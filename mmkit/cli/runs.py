@@ -227,7 +227,8 @@ class RunLock:
 class RunConfigRecord(SaveConfigCallback):
     """LightningCLI's ``SaveConfigCallback`` with an append-only run directory (see the module
     docstring) that ``fit`` locks (:class:`RunLock`; :meth:`release` frees it). Nothing is
-    written before the task's ``check_data()`` accepts the data. A new fit into a directory
+    written before the task's ``check_data()`` accepts the data and its ``prepare_network(stage)``
+    (e.g. loading pretrained weights) has succeeded. A new fit into a directory
     that already holds another run's checkpoints is refused: two runs would share one
     directory."""
 
@@ -239,6 +240,9 @@ class RunConfigRecord(SaveConfigCallback):
         check_data = getattr(pl_module, "check_data", None)
         if callable(check_data):  # a model that does not fit its data: refused before any file
             check_data()
+        prepare_network = getattr(pl_module, "prepare_network", None)
+        if callable(prepare_network):  # e.g. pretrained weights that cannot be read: the same
+            prepare_network(stage)
         if self.already_saved or not self.save_to_log_dir:
             return super().setup(trainer, pl_module, stage)
         log_dir = Path(trainer.log_dir)  # broadcast by Lightning

@@ -18,9 +18,10 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
 from ..models.base import ImageClassifierNetwork
+from ..models.pretrained import load_weights
 from ..normalizers import Normalizer, SoftMax
 from .checks import check_images
-from .optim import param_groups, warmup_cosine
+from .optim import apply_lr_scales, param_groups, warmup_cosine
 
 
 class ImageClassification(LightningModule):
@@ -41,6 +42,20 @@ class ImageClassification(LightningModule):
         mixup_alpha: MixUp Beta(α, α) mixing while training (0 = off).
         cutmix_alpha: CutMix Beta(α, α) mixing while training (0 = off); with both,
             each batch picks one of the two at random (as DeiT does).
+        init_weights: start ``fit`` from pretrained weights: an export directory (``mmkit
+            export``) or a timm ViT/DeiT weights file (``.safetensors``, ``.pth``, ``.bin``). The
+            file is read at setup (not when the config is parsed); positions are resized to the
+            network's image size, a head of other classes starts fresh, normalizer parameters
+            keep their init. A resumed run (``--ckpt_path``) reads it too, then its checkpoint's
+            weights replace it.
+        init_timm_model: the timm model name of a timm ``init_weights`` file (e.g.
+            ``deit_small_patch16_224``), to check the network's heads, epsilon and pooling
+            against it (the weights' shapes cannot say the number of heads).
+        layer_decay: layer-wise learning-rate decay (e.g. 0.75): block ``i`` of ``depth`` learns
+            at ``lr * layer_decay ** (depth - i)``, the embeddings at ``lr * layer_decay ** (depth
+            + 1)``, the head at ``lr``; for networks with ``blocks`` (mmkit's ViT).
+        normalizer_lr: a learning rate of its own for the normalizer parameters (MultiMax's
+            SegLU scalars, which start fresh when fine-tuning a SoftMax model).
     """
 
     def __init__(
@@ -53,14 +68,25 @@ class ImageClassification(LightningModule):
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        init_weights: str | None = None,
+        init_timm_model: str | None = None,
+        layer_decay: float | None = None,
+        normalizer_lr: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if warmup_epochs < 0 or mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError("warmup_epochs, mixup_alpha and cutmix_alpha must be >= 0")
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        if normalizer_lr is not None and not normalizer_lr > 0:
+            raise ValueError(f"normalizer_lr must be positive, got {normalizer_lr}")
+        if init_timm_model and not init_weights:
+            raise ValueError("init_timm_model names the timm model of init_weights; set init_weights too")
         self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
         self.network = network
+        self._weights_loaded = False
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.num_classes = _num_classes(network)
         self.mix = _mixing(mixup_alpha, cutmix_alpha, self.num_classes)
@@ -74,6 +100,14 @@ class ImageClassification(LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_data()
+        self.prepare_network(stage)
+
+    def prepare_network(self, stage: str) -> None:
+        """Load ``init_weights`` into the network before ``fit``, once. The CLI calls it before
+        the run directory gets its first file, so a bad weights file leaves nothing behind."""
+        if stage == "fit" and self.hparams.init_weights and not self._weights_loaded:
+            load_weights(self.network, self.hparams.init_weights, self.hparams.init_timm_model)
+            self._weights_loaded = True
 
     def check_data(self) -> None:
         """Refuse data whose images or classes do not fit the network (see :mod:`.checks`)."""
@@ -159,7 +193,8 @@ class ImageClassification(LightningModule):
                 for p, q in zip(output["pred"].tolist(), chosen.tolist())]
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(param_groups(self.network))
+        groups = param_groups(self.network, self.hparams.layer_decay, self.hparams.normalizer_lr)
+        optimizer = apply_lr_scales(self.optimizer_factory(groups))
         if self.scheduler_factory is not None:
             return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
         total = int(self.trainer.estimated_stepping_batches)
