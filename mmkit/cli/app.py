@@ -40,11 +40,12 @@ from .errors import (
     summarize_parse_error,
 )
 from .loggers import MetricsFollowCheckpoint
-from .progress import RunSummary, default_progress_bar
+from .progress import default_progress_bar
 from .provenance import ProvenanceRecord, definition, optimizer_spec, plain
 from .quiet import quiet_lightning
 from .resume import ExactResume, RecipeOnResume
 from .runs import RunConfigRecord, check_run_dirs, resolve_checkpoint
+from .summary import RunSummary
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.cli.loggers.CSVLogger",

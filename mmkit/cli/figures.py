@@ -8,6 +8,9 @@ curves, ViT attention maps and translation cross-attention.
     mmkit figures attention --ckpt RUN/checkpoints/last.ckpt [RUN2/...] (--image digit.png | --test_index 0)
                             [--query cls|PATCH] [--heads] [--overlay]
     mmkit figures alignment --ckpt MT_RUN/checkpoints/last.ckpt (--source "..." | --test_index 0) [--heads]
+    mmkit figures layers --ckpt RUN/checkpoints/last.ckpt [RUN2/...] [--num 64] [--text "..." ...]
+    mmkit figures oversmoothing --ckpt RUN/checkpoints/last.ckpt [RUN2/...] [--num 64] [--test_index 0]
+    mmkit figures localisation --ckpt RUN/checkpoints/last.ckpt [RUN2/...] --test_index 0 1 2 [--num 100]
 
 MultiMax's parameters come from a checkpoint (``*.ranges`` / ``*.ts`` of one layer; the
 output layer is ``output_normalizer``) or the command line; without either, the
@@ -17,19 +20,20 @@ image of the first run's own test split (MNIST-5k for configs/vit/mnist.yaml).
 
 A figure goes to ``RUN/figures/<name>.png`` next to the run of ``--ckpt`` / ``--metrics``
 (the runs' common folder for several), else to ``figures/<name>.png``; ``--out`` picks
-the path, and its suffix the format (``.png``, ``.pdf``, ``.svg``).
+the path, and its suffix the format (``.png``, ``.pdf``, ``.svg``). ``layers``,
+``oversmoothing`` and ``localisation`` also write their numbers to ``<name>.csv`` beside it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from textwrap import shorten
 
 import torch
 
+from ..analysis.alignment import alignment_figure, cross_attention
 from ..analysis.attention_maps import Query, attention_figure
 from ..analysis.checkpoints import (
     load_network,
@@ -52,41 +56,18 @@ from ..analysis.figures import (
     simplex_figure,
     toy_pareto_series,
 )
-from ..models import VisionTransformer
-from ..normalizers import MultiMax, Normalizer
-
-
-def run_dir(path: str | Path) -> Path:
-    """The run folder of a checkpoint (``RUN/checkpoints/x.ckpt`` -> ``RUN``) or of a log file."""
-    path = Path(path).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
-def default_out(name: str, inputs: list[str]) -> Path:
-    """``<run>/figures/<name>.png`` for the runs of ``inputs`` (their common folder for
-    several), ``figures/<name>.png`` without any."""
-    if not inputs:
-        return Path("figures") / f"{name}.png"
-    return Path(os.path.commonpath([run_dir(p) for p in inputs])) / "figures" / f"{name}.png"
-
-
-def run_names(paths: list[str]) -> list[str]:
-    """Short distinct names of the runs of ``paths``: their folders without the parts all
-    share at the start and at the end (``a/softmax/v0``, ``a/multimax/v0`` -> ``softmax``,
-    ``multimax``); one run keeps its last two folder names, files of one run add their names."""
-    parts = [run_dir(p).parts for p in paths]
-    if len(parts) == 1:
-        return ["/".join(parts[0][-2:])]
-    head = len(os.path.commonprefix(parts))
-    tail = len(os.path.commonprefix([q[::-1] for q in parts]))
-    names = ["/".join(q[head:len(q) - tail] if head < len(q) - tail else q[-2:]) for q in parts]
-    if len(set(names)) < len(names):  # files of the same run: add the file names
-        names = [f"{n} {Path(p).stem}" for n, p in zip(names, paths)]
-    return names if len(set(names)) == len(names) else [f"{n} ({i})" for i, n in enumerate(names)]
-
-
-def out_path(args: argparse.Namespace, name: str, inputs: list[str]) -> Path:
-    return Path(args.out) if args.out is not None else default_out(name, inputs)
+from ..data import TranslationDataModule
+from ..data.tokenizer import load_tokenizer
+from ..models import Seq2SeqTransformer
+from ..normalizers import MultiMax
+from .figure_inputs import (
+    load_image,
+    normalizer_name,
+    out_path,
+    run_dir,
+    run_names,
+)
+from .figures_evidence import EVIDENCE_COMMANDS, add_evidence_parsers
 
 
 def multimax_arg(args: argparse.Namespace) -> tuple[str, list[MultiMax]]:
@@ -131,33 +112,6 @@ def cmd_sigma(args: argparse.Namespace) -> Path:
     return save_figure(sigma_figure(params, (args.xmin, args.xmax)), out_path(args, "sigma", [args.ckpt]))
 
 
-def load_image(args: argparse.Namespace, model: VisionTransformer, ckpt: str) -> tuple[torch.Tensor, str]:
-    """A normalized image ``[C, H, W]`` for ``model`` and a description of it."""
-    from ..data import ImageDataModule
-    from ..data.images import INFO
-    from ..data.transforms import eval_transform
-
-    data = dict((run_config(ckpt, args.config).get("data") or {}).get("init_args") or {})
-    dataset = data.get("dataset", "mnist5k")
-    if args.image is not None:
-        from PIL import Image
-
-        picture = Image.open(args.image).convert("L" if model.in_chans == 1 else "RGB")
-        native = model.img_size if picture.size == (model.img_size, model.img_size) else -1
-        info = INFO[dataset]
-        return eval_transform(model.img_size, info["mean"], info["std"], native=native)(picture), args.image
-    module = ImageDataModule(**{**data, "img_size": model.img_size, "download": False})
-    module.setup("test")
-    image, label = module.test_set[args.test_index]
-    return image, f"{dataset} test image {args.test_index} (label {label})"
-
-
-def normalizer_name(model: torch.nn.Module) -> str:
-    """The name of a network's first attention normalizer (``softmax``, ``multimax``, ...)."""
-    norm = next((m for m in model.modules() if isinstance(m, Normalizer)), None)
-    return type(norm).__name__.lower() if norm is not None else type(model).__name__
-
-
 def query_arg(text: str) -> Query:
     """``--query``: ``cls`` or a patch index."""
     if text.lower() == "cls":
@@ -194,10 +148,6 @@ def cmd_attention(args: argparse.Namespace) -> Path:
 
 
 def cmd_alignment(args: argparse.Namespace) -> Path:
-    from ..analysis.alignment import alignment_figure, cross_attention
-    from ..data import TranslationDataModule
-    from ..data.tokenizer import load_tokenizer
-    from ..models import Seq2SeqTransformer
 
     if (args.source is None) == (args.test_index is None):
         raise ValueError("give exactly one of --source and --test_index")
@@ -270,11 +220,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test_index", type=int, help="a sentence of the run's test split")
     p.add_argument("--heads", action="store_true", help="one row per decoder layer, one column per head")
     p.add_argument("--out", help="output file, .png or .pdf (default: RUN/figures/alignment.png)")
+    add_evidence_parsers(sub)
     return top
 
 
 COMMANDS = {"simplex": cmd_simplex, "pareto": cmd_pareto, "sigma": cmd_sigma, "attention": cmd_attention,
-            "alignment": cmd_alignment}
+            "alignment": cmd_alignment, **EVIDENCE_COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:

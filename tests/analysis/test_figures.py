@@ -196,7 +196,7 @@ def test_attention_figure_shares_one_scale_and_marks_exact_zeros(tmp_path):
 
 
 def test_metrics_pareto_labels_points_by_run_and_layer(tmp_path):
-    from mmkit.cli.figures import default_out, run_names
+    from mmkit.cli.figure_inputs import default_out, run_names
 
     runs = [("softmax", [("blocks.0.attn", 0.1, 0.2), ("blocks.1.attn", 0.3, 0.4)]),
             ("multimax", [("blocks.0.attn", 0.8, 0.9), ("blocks.1.attn", 0.7, 0.6)])]
