@@ -18,7 +18,7 @@ COMMANDS: dict[str, str] = {
     "test": "evaluate a checkpoint on the test split",
     "predict": "write predictions.csv (and .txt for translation) for a checkpoint",
     "ablate": "run a normalizer x seed x config grid: a results table, a summary and a plot",
-    "figures": "draw the analysis figures: simplex, pareto, sigma, attention",
+    "figures": "draw the analysis figures: simplex, pareto, sigma, attention, alignment, layers, ...",
     "export": "write a checkpoint's network as model.safetensors + config.json (no Lightning to load)",
     "demo": "print every normalizer on the MultiMax paper's Figure 1 input",
 }
