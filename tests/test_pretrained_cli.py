@@ -150,7 +150,8 @@ def test_finetune_from_a_timm_file(tmp_path, capsys):
         mlp_ratio=2.0, class_token=False, global_pool="avg", fc_norm=False,
         norm_layer=partial(torch.nn.LayerNorm, eps=1e-5))
     torch.save(theirs.state_dict(), tmp_path / "timm_vit.pth")
-    code, _, err = run(["fit", "-c", FINETUNE, *fast(tmp_path / "runs"), "--model.init_weights=timm_vit.pth"],
+    code, _, err = run(["fit", "-c", FINETUNE, *fast(tmp_path / "runs"), "--model.init_weights=timm_vit.pth",
+                        "--model.init_num_heads=2"],
                        capsys)
     assert code == 0, err
     tuned = torch.load(_last(tmp_path, "vit_mnist_finetune"), map_location="cpu", weights_only=True)
@@ -167,7 +168,10 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     theirs = timm_vit.VisionTransformer(img_size=28, patch_size=7, in_chans=1, embed_dim=48, depth=2,
                                         num_heads=2, class_token=False, global_pool="avg", fc_norm=False)
     torch.save(theirs.state_dict(), tmp_path / "wide.pth")
-    cases.append((["fit", "-c", FINETUNE, *small, "--model.init_weights=wide.pth"], "do not fit the network"))
+    wide = ["fit", "-c", FINETUNE, *small, "--model.init_weights=wide.pth"]
+    cases.append(([*wide, "--model.init_num_heads=2"], "do not fit the network"))
+    cases.append((wide, "do not record their number of heads"))
+    cases.append(([*wide, "--model.init_num_heads=3"], "have 3 heads (init_num_heads); the network has 2"))
     torch.save(VisionTransformer("test", img_size=28, patch_size=7, in_chans=1).state_dict(), "x.pth")
     Path("bad.safetensors").write_bytes(b"garbage")
     cases.append((["fit", "-c", FINETUNE, *small, "--model.init_weights=bad.safetensors"],

@@ -242,10 +242,13 @@ def load_state(network: nn.Module, state: dict[str, Tensor], source: str = "the 
     return sorted(k for k in own if k not in state)
 
 
-def load_weights(network: nn.Module, source: str | os.PathLike, timm_model: str | None = None) -> list[str]:
-    """Fill ``network`` from an export directory or a weights file (timm ViT names or mmkit's);
-    with ``timm_model``, the network is first checked against that timm model's heads,
-    epsilon and pooling. Returns the keys left at their init (head, normalizer parameters)."""
+def load_weights(network: nn.Module, source: str | os.PathLike, timm_model: str | None = None,
+                 num_heads: int | None = None) -> list[str]:
+    """Fill ``network`` from an export directory or a weights file (timm ViT names or mmkit's).
+    A timm file does not record its number of heads, and weights split into other heads load
+    without a shape error but compute something else: it needs ``timm_model`` (the network is
+    checked against that model's heads, epsilon and pooling) or ``num_heads`` (checked against
+    the network's). Returns the keys left at their init (head, normalizer parameters)."""
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"init weights {path} not found: expected an export directory (`mmkit "
@@ -256,6 +259,14 @@ def load_weights(network: nn.Module, source: str | os.PathLike, timm_model: str 
     if is_timm_vit(state):
         if not isinstance(network, VisionTransformer):
             raise ValueError(f"{path} holds timm ViT weights; the network is a {type(network).__name__}")
+        heads = network.blocks[0].attn.num_heads
+        if not timm_model and num_heads is None:
+            raise ValueError(f"{path} holds timm weights, which do not record their number of heads; set "
+                             "init_timm_model (its timm model name) or init_num_heads, so the network's "
+                             f"{heads} heads can be checked")
+        if num_heads is not None and num_heads != heads:
+            raise ValueError(f"the weights in {path} have {num_heads} heads (init_num_heads); the network "
+                             f"has {heads}")
         if timm_model:
             args = timm_network_args(state, timm_model)
             mine = {"num_heads": network.blocks[0].attn.num_heads, "norm_eps": network.norm.eps,

@@ -51,6 +51,9 @@ class ImageClassification(LightningModule):
         init_timm_model: the timm model name of a timm ``init_weights`` file (e.g.
             ``deit_small_patch16_224``), to check the network's heads, epsilon and pooling
             against it (the weights' shapes cannot say the number of heads).
+        init_num_heads: the number of attention heads of a timm ``init_weights`` file, when
+            there is no ``init_timm_model`` to read it from (one of the two is required for a
+            timm file: its weights do not say how they split into heads).
         layer_decay: layer-wise learning-rate decay (e.g. 0.75): block ``i`` of ``depth`` learns
             at ``lr * layer_decay ** (depth - i)``, the embeddings at ``lr * layer_decay ** (depth
             + 1)``, the head at ``lr``; for networks with ``blocks`` (mmkit's ViT).
@@ -70,6 +73,7 @@ class ImageClassification(LightningModule):
         cutmix_alpha: float = 0.0,
         init_weights: str | None = None,
         init_timm_model: str | None = None,
+        init_num_heads: int | None = None,
         layer_decay: float | None = None,
         normalizer_lr: float | None = None,
     ) -> None:
@@ -82,8 +86,8 @@ class ImageClassification(LightningModule):
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
         if normalizer_lr is not None and not normalizer_lr > 0:
             raise ValueError(f"normalizer_lr must be positive, got {normalizer_lr}")
-        if init_timm_model and not init_weights:
-            raise ValueError("init_timm_model names the timm model of init_weights; set init_weights too")
+        if (init_timm_model or init_num_heads) and not init_weights:
+            raise ValueError("init_timm_model and init_num_heads describe init_weights; set init_weights too")
         self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"])
         self.network = network
         self._weights_loaded = False
@@ -106,7 +110,8 @@ class ImageClassification(LightningModule):
         """Load ``init_weights`` into the network before ``fit``, once. The CLI calls it before
         the run directory gets its first file, so a bad weights file leaves nothing behind."""
         if stage == "fit" and self.hparams.init_weights and not self._weights_loaded:
-            load_weights(self.network, self.hparams.init_weights, self.hparams.init_timm_model)
+            load_weights(self.network, self.hparams.init_weights, self.hparams.init_timm_model,
+                         self.hparams.init_num_heads)
             self._weights_loaded = True
 
     def check_data(self) -> None:

@@ -119,7 +119,11 @@ def test_model_name_gives_heads_and_is_checked(tmp_path):
     torch.save(deit.state_dict(), tmp_path / "deit.pth")
     four_heads = VisionTransformer("tiny", img_size=32, patch_size=16, num_heads=4, pool="cls",
                                    num_classes=10)
-    assert load_weights(four_heads, tmp_path / "deit.pth") == []  # the shapes cannot tell
+    # the shapes cannot tell 3 heads from 4: a timm file without its model name or heads is refused
+    with pytest.raises(ValueError, match="do not record their number of heads"):
+        load_weights(four_heads, tmp_path / "deit.pth")
+    with pytest.raises(ValueError, match="have 3 heads .*the network has 4"):
+        load_weights(four_heads, tmp_path / "deit.pth", num_heads=3)
     with pytest.raises(ValueError, match=r"does not match timm model .*: num_heads=4 \(timm: 3\)"):
         load_weights(four_heads, tmp_path / "deit.pth", "deit_tiny_patch16_224")
     three = VisionTransformer("tiny", img_size=32, patch_size=16, pool="cls", num_classes=10)
@@ -143,12 +147,18 @@ def test_files_and_load_weights(tmp_path):
             torch.testing.assert_close(ours.double()(x), theirs.double()(x), **TOL)
     net = VisionTransformer("test", img_size=32, patch_size=8, in_chans=3, num_classes=5, num_heads=2,
                             qkv_bias=True, normalizer="entmax15", output_normalizer="sparsemax")
-    assert load_weights(net, tmp_path / "w.safetensors") == []
+    assert load_weights(net, tmp_path / "w.safetensors", num_heads=2) == []
     torch.testing.assert_close(net.blocks[1].mlp[3].weight, state["blocks.1.mlp.fc2.weight"])
+
+
+def heads(network: VisionTransformer) -> int:
+    return network.blocks[0].attn.num_heads
 
 
 def test_bad_inputs_are_one_line_value_errors(tmp_path):
     state = make_timm("cls").state_dict()
+    avg_net = VisionTransformer("test", img_size=32, patch_size=8, in_chans=3)
+    mini = VisionTransformer("mini", img_size=32, patch_size=8, in_chans=3, pool="cls")
     cases = [
         (lambda: vit_from_timm(state), "heads is not in a state dict; pass the timm model name"),
         (lambda: vit_from_timm({**state, "dist_token": state["cls_token"]}, num_heads=2),
@@ -160,11 +170,10 @@ def test_bad_inputs_are_one_line_value_errors(tmp_path):
         (lambda: read_weights(tmp_path / "missing.safetensors"), "not found"),
         (lambda: read_weights(tmp_path), "is a directory"),
         (lambda: read_weights(_write_bytes(tmp_path / "w.txt")), "unknown suffix"),
-        (lambda: load_weights(VisionTransformer("test", img_size=32, patch_size=8, in_chans=3),
-                              _write(tmp_path / "x.pth", state)),
+        (lambda: load_weights(avg_net, _write(tmp_path / "x.pth", state), num_heads=heads(avg_net)),
          "class token, but the network pools by 'avg'"),
-        (lambda: load_weights(VisionTransformer("mini", img_size=32, patch_size=8, in_chans=3, pool="cls"),
-                              _write(tmp_path / "x.pth", state)), "do not fit the network"),
+        (lambda: load_weights(mini, _write(tmp_path / "x.pth", state), num_heads=heads(mini)),
+         "do not fit the network"),
         (lambda: read_weights(_write_bytes(tmp_path / "bad.safetensors")), "not a readable safetensors"),
     ]
     for call, message in cases:
