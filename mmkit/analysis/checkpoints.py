@@ -70,10 +70,20 @@ def multimax_from(ranges: Tensor, ts: Tensor) -> list[MultiMax]:
     return out
 
 
+def run_file(ckpt: str | Path, name: str) -> Path:
+    """A file the run of ``<run>/checkpoints/<x>.ckpt`` saved: ``<run>/<name>``, or else the
+    only ``<run>/*/<name>`` (an ``mmkit ablate`` cell logs into ``<cell>/run/``). The first
+    candidate when neither exists, for the error message."""
+    run = Path(ckpt).resolve().parent.parent
+    direct = run / name
+    below = sorted(run.glob(f"*/{name}")) if not direct.is_file() else []
+    return below[0] if len(below) == 1 else direct
+
+
 def run_config(ckpt: str | Path, config: str | Path | None = None) -> dict:
-    """The run's parsed ``config.yaml`` (by default ``<run>/config.yaml`` for
+    """The run's parsed ``config.yaml`` (by default :func:`run_file` ``config.yaml`` for
     ``<run>/checkpoints/<name>.ckpt``)."""
-    path = Path(config) if config is not None else Path(ckpt).resolve().parent.parent / "config.yaml"
+    path = Path(config) if config is not None else run_file(ckpt, "config.yaml")
     if not path.is_file():
         raise FileNotFoundError(f"run config {path} not found; pass the config.yaml of the run "
                                 "that wrote the checkpoint")

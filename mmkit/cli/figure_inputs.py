@@ -12,9 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..analysis.checkpoints import (
-    run_config,
-)
+from ..analysis.checkpoints import run_config, run_file
 from ..data import ImageDataModule, TextDataModule, TranslationDataModule
 from ..data.images import INFO
 from ..data.tokenizer import load_tokenizer
@@ -118,7 +116,7 @@ def text_forward(args: argparse.Namespace, model: torch.nn.Module, ckpt: str) ->
     (tokenized with the run's tokenizer.json): LM windows of the eval length; translator
     sentences one at a time, teacher-forced on the reference (greedy translation for ``--text``)."""
 
-    tok = load_tokenizer(str(run_dir(ckpt) / "tokenizer.json"), "the run's tokenizer {path}",
+    tok = load_tokenizer(str(run_file(ckpt, "tokenizer.json")), "the run's tokenizer {path}",
                          "layers needs the tokenizer.json that mmkit fit saved in the run folder")
     data = run_data(ckpt, args.config)
     if isinstance(model, TransformerXL):

@@ -43,6 +43,7 @@ from ..analysis.checkpoints import (
     multimax_parameters,
     pick_layer,
     run_config,
+    run_file,
 )
 from ..analysis.figure1 import ILLUSTRATIVE_RANGES, ILLUSTRATIVE_TS
 from ..analysis.figures import (
@@ -64,7 +65,6 @@ from .figure_inputs import (
     load_image,
     normalizer_name,
     out_path,
-    run_dir,
     run_names,
 )
 from .figures_evidence import EVIDENCE_COMMANDS, add_evidence_parsers
@@ -154,7 +154,7 @@ def cmd_alignment(args: argparse.Namespace) -> Path:
     model = load_network(args.ckpt, args.config)
     if not isinstance(model, Seq2SeqTransformer):
         raise ValueError(f"the run's network is a {type(model).__name__}, not a Seq2SeqTransformer")
-    tokenizer = load_tokenizer(str(run_dir(args.ckpt) / "tokenizer.json"), "the run's tokenizer {path}",
+    tokenizer = load_tokenizer(str(run_file(args.ckpt, "tokenizer.json")), "the run's tokenizer {path}",
                                "alignment needs the tokenizer.json that mmkit fit saved in the run folder")
     data = dict((run_config(args.ckpt, args.config).get("data") or {}).get("init_args") or {})
     module = TranslationDataModule(**data)

@@ -27,12 +27,20 @@ def number_pairs(seed: int, sizes: tuple[int, int, int], max_number: int) -> dic
     random.Random(seed).shuffle(numbers)
     cut1, cut2 = int(0.8 * max_number), int(0.9 * max_number)
     pools = dict(zip(SPLITS, (numbers[:cut1], numbers[cut1:cut2], numbers[cut2:])))
+    words: dict[int, tuple[str, str]] = {}  # each number is written out once, not once per use
+
+    def written(n: int) -> tuple[str, str]:
+        if n not in words:
+            words[n] = (num2words(n), num2words(n, lang="de"))
+        return words[n]
+
     out = {}
     for k, (split, size) in enumerate(zip(SPLITS, sizes)):
         rng = random.Random(seed * 1000 + k + 1)
-        sentences = [rng.choices(pools[split], k=rng.randint(2, 5)) for _ in range(size)]
-        out[split] = [(" ; ".join(num2words(n) for n in nums),
-                       " ; ".join(num2words(n, lang="de") for n in nums)) for nums in sentences]
+        sentences = [[written(n) for n in rng.choices(pools[split], k=rng.randint(2, 5))]
+                     for _ in range(size)]
+        out[split] = [(" ; ".join(en for en, _ in nums), " ; ".join(de for _, de in nums))
+                      for nums in sentences]
     return out
 
 

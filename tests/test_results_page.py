@@ -1,0 +1,125 @@
+"""tools/results_page.py and results_text.py: refuses unfinished grids, reads convergence
+from the cells' logs, and words its verdicts from the paired intervals (never from a fixed
+text)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+PATH = Path(__file__).parents[1] / "tools" / "results_page.py"
+
+
+@pytest.fixture(scope="module")
+def page():
+    spec = importlib.util.spec_from_file_location("results_page", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def words(page):
+    return sys.modules["results_text"]  # the page's wording, imported by the page
+
+
+def write_grid(root: Path, states: dict[str, str], rows: int | None = None) -> None:
+    spec = {"configs": ["configs/vit/mnist.yaml"], "normalizers": ["softmax", "multimax"], "seeds": [0],
+            "metrics": ["test/acc1"]}
+    (root / "ablation.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "ablation.yaml").write_text(yaml.safe_dump(spec))
+    for cell, state in states.items():
+        (root / "cells" / cell).mkdir(parents=True)
+        (root / "cells" / cell / "status.json").write_text(json.dumps({"state": state}))
+    lines = ["id,config,normalizer,seed,test/acc1,wall_s,ckpt"]
+    for cell in list(states)[:rows]:
+        normalizer = cell.split("-")[1]
+        lines.append(f"{cell},configs/vit/mnist.yaml,{normalizer},0,0.9,10,cells/{cell}/checkpoints/last.ckpt")
+    (root / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_an_unfinished_grid_is_refused_with_one_line(page, tmp_path):
+    write_grid(tmp_path, {"mnist-softmax-s0": "done", "mnist-multimax-s0": "running"})
+    with pytest.raises(SystemExit, match="1 cells are not done .*mnist-multimax-s0"):
+        page.read_grid(tmp_path)
+
+
+def test_a_table_that_lacks_a_cell_is_refused(page, tmp_path):
+    write_grid(tmp_path, {"mnist-softmax-s0": "done", "mnist-multimax-s0": "done"}, rows=1)
+    with pytest.raises(SystemExit, match="results.csv has 1 rows for 2 done cells of 2"):
+        page.read_grid(tmp_path)
+    write_grid(tmp_path / "ok", {"mnist-softmax-s0": "done", "mnist-multimax-s0": "done"})
+    spec, rows = page.read_grid(tmp_path / "ok")
+    assert [r["seed"] for r in rows] == [0, 0] and spec["normalizers"] == ["softmax", "multimax"]
+
+
+def test_convergence_is_the_mean_of_the_last_two_validations(page, words, tmp_path):
+    curves = {"t-softmax-s0": [(99, 0.5), (199, 0.8), (299, 0.9)],
+              "t-softmax-s1": [(99, 0.4), (199, 0.6), (299, 0.7)]}
+    for cell, points in curves.items():
+        run = tmp_path / "cells" / cell / "run"
+        run.mkdir(parents=True)
+        rows = ["epoch,step,train/loss,val/acc1"] + [f"0,{s},1.0," for s, _ in points]
+        rows += [f"0,{s},,{v}" for s, v in points]
+        (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    rows = [{"id": c, "config": "configs/t.yaml", "normalizer": "softmax", "seed": i}
+            for i, c in enumerate(curves)]
+    last = page.last_validations(tmp_path, rows, ["t"], {"t": "test/acc1"}, ["softmax", "multimax"])
+    assert list(last) == [("t", "softmax")]  # multimax has no cells
+    table = page.convergence_table(last)
+    # mean before 0.7, mean after 0.8: a change of +0.1
+    assert table.splitlines()[2] == "| t | softmax | 199 → 299 | 0.7 → 0.8 | +0.1 |"
+    assert len(table.splitlines()) == 3
+    rows = rows_of({"multimax": [0.02, 0.021, 0.019]})
+    for changes, verdict in (({"softmax": 0.1}, "fixed training budget"),
+                             ({"softmax": 0.01}, "near convergence")):
+        line = words.convergence_verdict(rows, "mnist", "test/acc1", changes)
+        assert "up to 0.1" in line or "up to 0.01" in line
+        assert "span 0.02" in line and verdict in line
+
+
+def rows_of(differences: dict[str, list[float]], metric: str = "test/acc1") -> list[dict]:
+    rows = []
+    for seed in range(len(differences["multimax"])):
+        base = 0.9 + 0.01 * seed
+        rows.append({"config": "configs/vit/mnist.yaml", "normalizer": "softmax", "seed": seed, metric: base})
+        for n, diffs in differences.items():
+            rows.append({"config": "configs/vit/mnist.yaml", "normalizer": n, "seed": seed,
+                         metric: base + diffs[seed]})
+    return rows
+
+
+def test_the_conclusion_follows_the_intervals(page):
+    spec = {"configs": ["configs/vit/mnist.yaml"]}
+    primaries = {"mnist": "test/acc1"}
+    gain = rows_of({"multimax": [0.020, 0.021, 0.019], "sparsemax": [0.01, -0.02, 0.0]})
+    names = ["softmax", "sparsemax", "multimax"]
+    text = page.conclusion(spec, gain, ["mnist"], primaries, names, [], "mnist")
+    assert "Intervals that exclude 0: multimax (+0.02 [" in text and "better than softmax" in text
+    assert "sparsemax (" not in text  # its interval holds 0
+    assert "+0.6 points of ImageNet-1k" in text  # the paper's gain is named for the ViT task
+    noise = rows_of({"multimax": [0.02, -0.03, 0.01]})
+    text = page.conclusion(spec, noise, ["mnist"], primaries, ["softmax", "multimax"], [], "mnist")
+    assert "No normalizer's paired difference" in text and "not distinguishable from softmax" in text
+    loss = rows_of({"multimax": [0.5, 0.52, 0.49]}, metric="test/ppl")  # higher perplexity: worse
+    text = page.conclusion(spec, loss, ["mnist"], {"mnist": "test/ppl"}, ["softmax", "multimax"], [], "mnist")
+    assert "worse than softmax" in text
+
+
+def test_the_analysis_verdicts_know_which_way_is_better(page):
+    spec = {"configs": ["configs/vit/mnist.yaml"]}
+    measures = []
+    for seed, (cos, ink) in enumerate([(0.10, 0.05), (0.11, 0.04), (0.09, 0.06)]):
+        measures.append({"config": "configs/vit/mnist.yaml", "normalizer": "softmax", "seed": seed,
+                         "cos/last": 0.5, "ink/grad-cam": 0.3, "ink/rollout": 0.3})
+        measures.append({"config": "configs/vit/mnist.yaml", "normalizer": "multimax", "seed": seed,
+                         "cos/last": 0.5 - cos, "ink/grad-cam": 0.3 + ink, "ink/rollout": 0.3 - ink})
+    text = page.conclusion(spec, [], ["mnist"], {"mnist": None}, ["softmax", "multimax"], measures, "mnist")
+    lines = text.splitlines()
+    assert "over-smoothing" in lines[0] and "better than softmax" in lines[0]  # less similarity
+    assert "Grad-CAM" in lines[1] and "better than softmax" in lines[1]
+    assert "rollout" in lines[2] and "worse than softmax" in lines[2]

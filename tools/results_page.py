@@ -1,0 +1,209 @@
+"""Write ``docs/results.md`` and ``docs/results/`` from a finished benchmark grid.
+
+    mmkit ablate -c configs/ablation/benchmark.yaml        # the grid: 45 cells
+    python tools/results_page.py runs/ablation/benchmark    # this page, from its outputs
+
+The page holds the grid's table (mean ± std, 95% t intervals, paired differences with
+softmax, time ratios), how far each run was from convergence, and the three analyses run
+on the grid's tested checkpoints: per-layer S, M, entropy and exact zeros (every task),
+over-smoothing and localisation (the ViT). Figures use seed 0; the analysis numbers cover
+every seed, with the same statistics as the grid's table. Nothing on the page is typed
+by hand: a grid with unfinished cells is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mmkit.ablation.report import _val_curve, primary_metric
+from mmkit.analysis.checkpoints import load_vit
+from mmkit.analysis.localisation import grad_cam, ink_mask, ink_share, rollout_of
+from mmkit.analysis.oversmoothing import oversmoothing_curve
+from mmkit.cli.figure_inputs import image_batch
+
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by the tests
+from results_text import conclusion, convergence_table, measure_table, paired_table  # noqa: E402
+
+
+def refuse(message: str) -> None:
+    raise SystemExit(f"results_page: {message}")
+
+
+def read_grid(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The grid's resolved spec and its ``results.csv`` rows; refuses a grid with any cell
+    not done, or whose table lacks one of its cells."""
+    spec_path, csv_path = root / "ablation.yaml", root / "results.csv"
+    if not spec_path.is_file() or not csv_path.is_file():
+        refuse(f"{root} is not a finished ablation grid (no ablation.yaml or results.csv)")
+    spec = yaml.safe_load(spec_path.read_text())
+    cells = sorted(p.parent.name for p in (root / "cells").glob("*/status.json"))
+    unfinished = [c for c in cells if json.loads((root / "cells" / c / "status.json").read_text())
+                  .get("state") != "done"]
+    if unfinished:
+        refuse(f"{len(unfinished)} cells are not done ({', '.join(unfinished[:3])}...); rerun the grid")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    expected = len(spec["configs"]) * len(spec["normalizers"]) * len(spec["seeds"])
+    if len(rows) != expected or sorted(r["id"] for r in rows) != cells:
+        refuse(f"results.csv has {len(rows)} rows for {len(cells)} done cells of {expected}; "
+               "rerun `mmkit ablate` on the grid to rewrite it")
+    for row in rows:
+        row["seed"] = int(row["seed"])
+    return spec, rows
+
+
+def grid_wall(root: Path) -> float:
+    """Seconds from the first cell's start (its definition.json) to the last result."""
+    starts = [p.stat().st_mtime for p in (root / "cells").glob("*/definition.json")]
+    ends = [p.stat().st_mtime for p in (root / "cells").glob("*/result.json")]
+    return max(ends) - min(starts)
+
+
+def mmkit_figures(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "mmkit", "figures", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def tested(root: Path, rows: list[dict[str, Any]], task: str, seed: int | None = None) -> list[str]:
+    """The tested checkpoints of ``task`` (one seed, or all), normalizers in the grid's order."""
+    return [str(root / r["ckpt"]) for r in rows
+            if Path(r["config"]).stem == task and (seed is None or r["seed"] == seed)]
+
+
+def vit_measures(root: Path, rows: list[dict[str, Any]], task: str, num: int) -> list[dict[str, Any]]:
+    """Per ViT cell: the mean patch-token cosine after the last block and over all blocks,
+    and the Grad-CAM and rollout mass on the ink, over the first ``num`` test images."""
+    out = []
+    for row in (r for r in rows if Path(r["config"]).stem == task):
+        ckpt = str(root / row["ckpt"])
+        model = load_vit(ckpt, None)
+        images, _, _ = image_batch(ckpt, None, model, list(range(num)))
+        curve = oversmoothing_curve(model, images)
+        measures = {"cos/last": float(curve[-1]), "cos/mean": float(curve.mean())}
+        for name, fn in (("ink/grad-cam", grad_cam), ("ink/rollout", rollout_of)):
+            maps = fn(model, images)[0]
+            shares = torch.tensor([ink_share(m, x) for m, x in zip(maps, images)])
+            measures[name] = float(shares.nanmean())
+        measures["ink/pixels"] = float(sum(float(ink_mask(x).float().mean()) for x in images) / num)
+        out.append({"config": row["config"], "normalizer": row["normalizer"], "seed": row["seed"],
+                    **measures})
+    return out
+
+
+def write_page(root: Path, out: Path, num: int, indices: list[int]) -> None:
+    spec, rows = read_grid(root)
+    assets = out.parent / out.stem
+    assets.mkdir(parents=True, exist_ok=True)
+    for name in ("results.csv", "results.md", "results.png"):
+        shutil.copyfile(root / name, assets / ("grid_" + name.split("_")[-1]))
+    normalizers = [Path(n).stem for n in spec["normalizers"]]
+    tasks = list(dict.fromkeys(Path(c).stem for c in spec["configs"]))
+    vit_task = next(t for t in tasks if "mnist" in t or "vit" in t)
+
+    for task in tasks:  # per-layer statistics, seed 0
+        mmkit_figures("layers", "--ckpt", *tested(root, rows, task, 0),
+                      "--out", str(assets / f"layers_{task}.png"))
+    seed0 = tested(root, rows, vit_task, 0)
+    mmkit_figures("oversmoothing", "--ckpt", *seed0, "--num", str(num),
+                  "--out", str(assets / "oversmoothing.png"))
+    mmkit_figures("localisation", "--ckpt", *seed0, "--num", str(num), "--test_index", *map(str, indices),
+                  "--out", str(assets / "localisation.png"))
+
+    measures = vit_measures(root, rows, vit_task, num)
+    names = {"cos/last": "cosine after the last block ↓", "cos/mean": "cosine, mean over blocks ↓",
+             "ink/grad-cam": "Grad-CAM mass on ink ↑", "ink/rollout": "rollout mass on ink ↑"}
+    ink_pixels = sum(m["ink/pixels"] for m in measures) / len(measures)
+    analysis = measure_table(measures, vit_task, names, normalizers)
+    paired = paired_table(measures, vit_task, names, normalizers)
+    write_csv(assets / "vit_measures.csv", measures)
+
+    metrics = spec.get("metrics") or []
+    primaries = {t: primary_metric([m for m in metrics if any(Path(r["config"]).stem == t and r.get(m)
+                                                           for r in rows)]) for t in tasks}
+    wall, cell_sum = grid_wall(root), sum(float(r["wall_s"]) for r in rows)
+    last = last_validations(root, rows, tasks, primaries, normalizers)
+    walls: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        walls.setdefault((r["config"], r["normalizer"]), []).append(float(r["wall_s"]))
+    wall_spread = max((max(w) - min(w)) / (sum(w) / len(w)) for w in walls.values())
+    template = (Path(__file__).parent / "results_template.md").read_text()
+    grid_file = ("configs/ablation/benchmark.yaml" if spec.get("name") == "benchmark"
+                 else str(root / "ablation.yaml"))
+    text = template.format(
+        title=f"{len(normalizers)} normalizers on {len(tasks)} small tasks",
+        command=f"mmkit ablate -c {grid_file}",
+        cells=len(rows), jobs=spec.get("jobs", 1),
+        shape=f"{len(tasks)} tasks × {len(normalizers)} normalizers × {len(spec['seeds'])} seeds",
+        wall=wall / 60, cell_sum=cell_sum / 60, wall_spread=wall_spread,
+        machine=f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}",
+        grid_table=(root / "results.md").read_text().strip(),
+        convergence=convergence_table(last),
+        layers="\n\n".join(layer_section(assets, t) for t in tasks),
+        analysis=analysis, paired=paired, num=num, ink_pixels=ink_pixels, assets=assets.name,
+        conclusion=conclusion(spec, rows, tasks, primaries, normalizers, measures, vit_task, last),
+    )
+    out.write_text(text)
+
+
+def layer_section(assets: Path, task: str) -> str:
+    table = (assets / f"layers_{task}.md").read_text().strip()
+    sigma = sorted(p.name for p in assets.glob(f"layers_{task}_sigma*.png"))
+    figs = "".join(f"\n\n![learned σ of MultiMax, {task}]({assets.name}/{s})" for s in sigma)
+    return f"### {task}\n\n![per-layer statistics, {task}]({assets.name}/layers_{task}.png)\n\n{table}{figs}"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: f"{v:.5f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+
+
+def last_validations(root: Path, rows: list[dict[str, Any]], tasks: list[str],
+                     primaries: dict[str, str | None], normalizers: list[str]
+                     ) -> dict[tuple[str, str], tuple[float, float, float, float]]:
+    """Per (task, normalizer): the steps of the last two validations of the primary metric
+    and its values there, mean over the seeds."""
+    out = {}
+    for task in tasks:
+        metric = primaries[task]
+        if metric is None:
+            continue
+        val = "val/" + metric.split("/", 1)[-1]
+        for n in normalizers:
+            curves = [_val_curve(root / "cells" / r["id"], val) for r in rows
+                      if Path(r["config"]).stem == task and r["normalizer"] == n]
+            curves = [c for c in curves if len(c) >= 2]
+            if curves:
+                before = sum(c[-2][1] for c in curves) / len(curves)
+                last = sum(c[-1][1] for c in curves) / len(curves)
+                out[task, n] = (curves[0][-2][0], curves[0][-1][0], before, last)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("grid", nargs="?", default="runs/ablation/benchmark", help="the grid's folder")
+    parser.add_argument("--out", default="docs/results.md", help="the page (figures in its stem folder)")
+    parser.add_argument("--num", type=int, default=100, help="test images for the ViT analyses")
+    parser.add_argument("--test_index", type=int, nargs="+", default=[0, 1, 2, 3],
+                        help="test images drawn in the localisation figure")
+    args = parser.parse_args(argv)
+    write_page(Path(args.grid), Path(args.out), args.num, args.test_index)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('')}/")
+
+
+if __name__ == "__main__":
+    main()
