@@ -123,3 +123,25 @@ def test_the_analysis_verdicts_know_which_way_is_better(page):
     assert "over-smoothing" in lines[0] and "better than softmax" in lines[0]  # less similarity
     assert "Grad-CAM" in lines[1] and "better than softmax" in lines[1]
     assert "rollout" in lines[2] and "worse than softmax" in lines[2]
+
+
+def test_sparse_lm_outputs_get_the_perplexity_caveat(page, tmp_path):
+    rows = []
+    for normalizer, output in (("softmax", "softmax"), ("multimax", "multimax"), ("sparsemax", "sparsemax"),
+                               ("entmax", {"name": "entmax", "alpha": 1.5})):
+        cell = f"kjv-{normalizer}-s0"
+        init = {"ppl_epsilon": 1e-6, "network": {"init_args": {"output_normalizer": output}}}
+        run = tmp_path / "cells" / cell / "run"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": init}}))
+        rows.append({"id": cell, "config": "configs/benchmark/kjv.yaml", "normalizer": normalizer, "seed": 0})
+    note = page.sparse_perplexity_note(tmp_path, rows, "kjv")
+    assert note.startswith("- **kjv, perplexity of sparse outputs.** sparsemax, entmax give many targets")
+    assert "ε = 1e-06, 13.8 nats" in note
+    assert page.sparse_perplexity_note(tmp_path, rows[:2], "kjv") is None  # full support only
+    cell = tmp_path / "cells" / "mnist-sparsemax-s0" / "run"
+    cell.mkdir(parents=True)
+    (cell / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"network": {}}}}))
+    vit = [{"id": "mnist-sparsemax-s0", "config": "configs/vit/mnist.yaml", "normalizer": "sparsemax",
+            "seed": 0}]
+    assert page.sparse_perplexity_note(tmp_path, vit, "mnist") is None  # not a language model

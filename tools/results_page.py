@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import shutil
@@ -32,6 +33,7 @@ from mmkit.analysis.checkpoints import load_vit
 from mmkit.analysis.localisation import grad_cam, ink_mask, ink_share, rollout_of
 from mmkit.analysis.oversmoothing import oversmoothing_curve
 from mmkit.cli.figure_inputs import image_batch
+from mmkit.normalizers import make_normalizer
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by the tests
 from results_text import conclusion, convergence_table, measure_table, paired_table  # noqa: E402
@@ -74,6 +76,28 @@ def grid_wall(root: Path) -> float:
 def mmkit_figures(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "mmkit", "figures", *args], check=True,
                    stdout=subprocess.DEVNULL)
+
+
+def sparse_perplexity_note(root: Path, rows: list[dict[str, Any]], task: str) -> str | None:
+    """A line for an LM task whose output normalizers include sparse ones (from the cells'
+    saved configs): their perplexity scores a zero-probability target at −log ε."""
+    sparse, eps = [], None
+    for row in (r for r in rows if Path(r["config"]).stem == task and r["seed"] == rows[0]["seed"]):
+        saved = yaml.safe_load((root / "cells" / row["id"] / "run" / "config.yaml").read_text())
+        init = saved["model"]["init_args"]
+        if "ppl_epsilon" not in init:
+            return None  # not a language model
+        eps = float(init["ppl_epsilon"])
+        if not make_normalizer(init["network"]["init_args"]["output_normalizer"]).modulated_softmax():
+            sparse.append(row["normalizer"])
+    if not sparse or eps is None:
+        return None
+    return (f"- **{task}, perplexity of sparse outputs.** {', '.join(sparse)} give many targets "
+            f"probability exactly 0 at the output, and their perplexity scores such a target at −log ε "
+            f"(ε = {eps:g}, {-math.log(eps):.1f} nats). Their perplexity therefore counts how often the "
+            "target falls outside the support more than it measures the likelihood, and their difference "
+            "from softmax is not a like-for-like perplexity comparison. Softmax and MultiMax give every "
+            "token a positive probability.")
 
 
 def tested(root: Path, rows: list[dict[str, Any]], task: str, seed: int | None = None) -> list[str]:
@@ -152,7 +176,8 @@ def write_page(root: Path, out: Path, num: int, indices: list[int]) -> None:
         convergence=convergence_table(last),
         layers="\n\n".join(layer_section(assets, t) for t in tasks),
         analysis=analysis, paired=paired, num=num, ink_pixels=ink_pixels, assets=assets.name,
-        conclusion=conclusion(spec, rows, tasks, primaries, normalizers, measures, vit_task, last),
+        conclusion=conclusion(spec, rows, tasks, primaries, normalizers, measures, vit_task, last,
+                              notes=[n for t in tasks if (n := sparse_perplexity_note(root, rows, t))]),
     )
     out.write_text(text)
 

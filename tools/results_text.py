@@ -88,8 +88,8 @@ def judged(summary: Any, lower: bool) -> str:
 
 def conclusion(spec: dict[str, Any], rows: list[dict[str, Any]], tasks: list[str],
                primaries: dict[str, str | None], normalizers: list[str], measures: list[dict[str, Any]],
-               vit_task: str, last: dict[tuple[str, str], tuple[float, float, float, float]] | None = None
-               ) -> str:
+               vit_task: str, last: dict[tuple[str, str], tuple[float, float, float, float]] | None = None,
+               notes: list[str] | None = None) -> str:
     """The page's conclusion, from the numbers: per task which paired differences exclude 0,
     MultiMax against softmax next to the paper's gain, and the ViT analyses' verdicts."""
     kinds = {Path(c).stem: task_kind(c) for c in spec["configs"]}
@@ -126,6 +126,7 @@ def conclusion(spec: dict[str, Any], rows: list[dict[str, Any]], tasks: list[str
         if primaries[task] is not None:
             changes = {n: v[3] - v[2] for (t, n), v in (last or {}).items() if t == task}
             out.append(convergence_verdict(rows, task, primaries[task], changes))
+    out += notes or []
     seeds = len({r["seed"] for r in rows})
     comparisons = f"{len(normalizers) - 1} normalizers × {len(tasks)} tasks"
     out.append(f"\nThese are {seeds} seeds of small models trained for minutes on a CPU: an interval that "
