@@ -153,6 +153,18 @@ def test_plain_lines_and_the_summary_of_fit_and_test(tmp_path, monkeypatch, caps
     assert len(summary) == 1 and f" | checkpoint {last} | test/acc1=" in summary[0], run_messages
 
 
+def test_the_epoch_total_holds_when_max_steps_ends_the_run(tmp_path, monkeypatch, capsys):
+    # 3 batches per epoch, 5 steps: epoch 1 has 3 batches, epoch 2 the 2 steps left. Lightning's
+    # own total shrinks with every step taken (it printed "3/2" and "2/0").
+    monkeypatch.setenv("MMKIT_PROGRESS", "plain")
+    monkeypatch.setenv("MMKIT_PROGRESS_INTERVAL", "0")
+    args = [a for a in shown(tmp_path) if not a.startswith("--trainer.max_epochs")]
+    MMKitCLI(args=["fit", "-c", MNIST, *args, "--trainer.max_epochs=-1", "--trainer.max_steps=5"])
+    err = capsys.readouterr().err.splitlines()
+    steps = [line.split()[4] for line in err if re.match(r"fit epoch \d+ step ", line)]
+    assert steps == ["1/3", "2/3", "3/3", "1/2", "2/2"], err
+
+
 def test_no_progress_and_a_summary_without_logger_or_checkpoints(tmp_path, capsys, run_messages):
     """Lightning's defaults minus a logger and checkpoints: the summary still comes, and says so."""
     trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False,

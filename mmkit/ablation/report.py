@@ -106,6 +106,12 @@ def summary_table(spec: AblationSpec, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def logged_metrics(metrics: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """The ``metrics`` that some of ``rows`` hold (a grid's ``metrics`` name every task's, e.g.
+    ``test/acc1`` and ``test/ppl``; each task logs its own)."""
+    return [m for m in metrics if any(r.get(m) not in (None, "") for r in rows)]
+
+
 def primary_metric(metrics: list[str]) -> str | None:
     for word in PRIMARY:
         for m in metrics:
@@ -160,7 +166,7 @@ def plot_figure(spec: AblationSpec, rows: list[dict[str, Any]]) -> Figure:
     colors = {n: f"C{i}" for i, n in enumerate(normalizers)}
     for j, config in enumerate(tasks):
         task_rows = [r for r in rows if r["config"] == config]
-        metric = primary_metric(table_metrics(spec, task_rows))
+        metric = primary_metric(logged_metrics(table_metrics(spec, task_rows), task_rows))
         points, curves = axes[0][j], axes[1][j]
         if metric is None:
             continue

@@ -172,12 +172,23 @@ epoch ETA 1m25s | run ETA 19m02s
         of = f"/{max_epochs}" if max_epochs is not None and max_epochs > 0 else ""
         return f"epoch {trainer.current_epoch + 1}{of}"
 
+    @staticmethod
+    def _epoch_total(trainer: Trainer, batch_idx: int) -> float:
+        """This epoch's training batches: the loader's, or fewer where ``max_steps`` ends the
+        run within the epoch (counted from the batch index, so that the total stays the same
+        all epoch; Lightning's ``total_train_batches`` shrinks as steps are taken)."""
+        total = _total(trainer.num_training_batches)
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            left = max(0, trainer.max_steps - trainer.global_step) * max(1, trainer.accumulate_grad_batches)
+            total = min(total, batch_idx + 1 + left)
+        return total
+
     def _run_eta(self, trainer: Trainer, batch_idx: int, rate: float) -> float | None:
         """Seconds left in the run: batches left over the training rate, plus a validation per
         epoch left (timed on the last one). ``None`` when the run's length is unknown."""
         if rate <= 0:
             return None
-        total = _total(self.total_train_batches)
+        total = self._epoch_total(trainer, batch_idx)
         left_in_epoch = total - (batch_idx + 1)
         etas = []
         max_epochs = trainer.max_epochs
@@ -195,7 +206,7 @@ epoch ETA 1m25s | run ETA 19m02s
 
     def _train_line(self, trainer: Trainer, pl_module: LightningModule, batch_idx: int, end: bool) -> str:
         rate = self._train_rate()
-        total = _total(self.total_train_batches)
+        total = self._epoch_total(trainer, batch_idx)
         parts = [f"fit {self._epoch_text(trainer)} "
                  + (f"done: {batch_idx + 1} steps in {duration(time.monotonic() - self._epoch_start)}"
                     if end else f"step {_of(batch_idx + 1, total)}")]

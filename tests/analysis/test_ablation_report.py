@@ -83,6 +83,25 @@ def test_plot_shows_seeds_ci_and_n1(grid):
     assert len(fig.axes[1].lines) == 3
 
 
+def test_each_task_plots_its_own_metric(grid):
+    # a grid's `metrics` name every task's metric; the LM's panel must show its perplexity,
+    # not an empty test/acc1 panel
+    spec, rows = grid
+    lm = str(REPO / "configs/lm/kjv.yaml")
+    spec = AblationSpec(configs=[spec.configs[0], lm], normalizers=spec.normalizers, seeds=spec.seeds,
+                        name="g", output_dir=spec.output_dir, normalizer_dir=spec.normalizer_dir,
+                        metrics=["test/acc1", "test/ppl"])
+    rows = rows + [{"id": f"kjv-{r['normalizer']}-s{r['seed']}", "config": lm, "normalizer": r["normalizer"],
+                    "seed": r["seed"], "test/ppl": 100 + 10 * r["test/acc1"], "wall_s": 1.0} for r in rows]
+    fig = plot_figure(spec, rows)
+    top_lm = fig.axes[1]
+    assert top_lm.get_ylabel().startswith("test/ppl (lower is better)")
+    points = sorted(float(y) for c in top_lm.collections if isinstance(c, PathCollection)
+                    for y in c.get_offsets()[:, 1])
+    assert points == sorted(100 + 10 * v for vs in ACC.values() for v in vs)
+    assert fig.axes[0].get_ylabel().startswith("test/acc1")
+
+
 def test_results_csv_paths_are_relative(grid, tmp_path):
     spec, rows = grid
     paths = write_reports(spec, rows)
