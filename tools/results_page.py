@@ -36,7 +36,7 @@ from mmkit.cli.figure_inputs import image_batch
 from mmkit.normalizers import make_normalizer
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by the tests
-from results_text import conclusion, convergence_table, measure_table, paired_table  # noqa: E402
+from results_text import conclusion, convergence_table, measure_table, paired_table, task_kind  # noqa: E402
 
 
 def refuse(message: str) -> None:
@@ -134,15 +134,19 @@ def write_page(root: Path, out: Path, num: int, indices: list[int]) -> None:
         shutil.copyfile(root / name, assets / ("grid_" + name.split("_")[-1]))
     normalizers = [Path(n).stem for n in spec["normalizers"]]
     tasks = list(dict.fromkeys(Path(c).stem for c in spec["configs"]))
-    vit_task = next(t for t in tasks if "mnist" in t or "vit" in t)
+    kinds = {Path(c).stem: task_kind(c) for c in spec["configs"]}
+    vit_task = next((t for t in tasks if kinds[t] == "ImageClassification"), None)
+    if vit_task is None:
+        refuse("the page's over-smoothing and localisation analyses need an image-classification task")
+    first = int(spec["seeds"][0])  # the seed of the figures
 
-    for task in tasks:  # per-layer statistics, seed 0
-        mmkit_figures("layers", "--ckpt", *tested(root, rows, task, 0),
+    for task in tasks:  # per-layer statistics
+        mmkit_figures("layers", "--ckpt", *tested(root, rows, task, first),
                       "--out", str(assets / f"layers_{task}.png"))
-    seed0 = tested(root, rows, vit_task, 0)
-    mmkit_figures("oversmoothing", "--ckpt", *seed0, "--num", str(num),
+    shown = tested(root, rows, vit_task, first)
+    mmkit_figures("oversmoothing", "--ckpt", *shown, "--num", str(num),
                   "--out", str(assets / "oversmoothing.png"))
-    mmkit_figures("localisation", "--ckpt", *seed0, "--num", str(num), "--test_index", *map(str, indices),
+    mmkit_figures("localisation", "--ckpt", *shown, "--num", str(num), "--test_index", *map(str, indices),
                   "--out", str(assets / "localisation.png"))
 
     measures = vit_measures(root, rows, vit_task, num)
@@ -175,7 +179,7 @@ def write_page(root: Path, out: Path, num: int, indices: list[int]) -> None:
         grid_table=(root / "results.md").read_text().strip(),
         convergence=convergence_table(last),
         layers="\n\n".join(layer_section(assets, t) for t in tasks),
-        analysis=analysis, paired=paired, num=num, ink_pixels=ink_pixels, assets=assets.name,
+        analysis=analysis, paired=paired, num=num, ink_pixels=ink_pixels, assets=assets.name, seed=first,
         conclusion=conclusion(spec, rows, tasks, primaries, normalizers, measures, vit_task, last,
                               notes=[n for t in tasks if (n := sparse_perplexity_note(root, rows, t))]),
     )
