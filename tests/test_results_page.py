@@ -74,12 +74,12 @@ def test_convergence_is_the_mean_of_the_last_two_validations(page, words, tmp_pa
     # mean before 0.7, mean after 0.8: a change of +0.1
     assert table.splitlines()[2] == "| t | softmax | 199 → 299 | 0.7 → 0.8 | +0.1 |"
     assert len(table.splitlines()) == 3
-    rows = rows_of({"multimax": [0.02, 0.021, 0.019]})
-    for changes, verdict in (({"softmax": 0.1}, "fixed training budget"),
-                             ({"softmax": 0.01}, "near convergence")):
-        line = words.convergence_verdict(rows, "mnist", "test/acc1", changes)
-        assert "up to 0.1" in line or "up to 0.01" in line
-        assert "span 0.02" in line and verdict in line
+    for after, verdict in ((0.88, "at a fixed training budget"), (0.795, "near convergence")):
+        last = {("t", "softmax"): (199, 299, 0.798, 0.8), ("t", "multimax"): (199, 299, 0.8, after)}
+        line = words.convergence_verdict("t", "test/acc1", last)
+        assert verdict in line
+    assert "at most 9.1% of its value (multimax" in words.convergence_verdict(
+        "t", "test/acc1", {("t", "softmax"): (1, 2, 0.79, 0.8), ("t", "multimax"): (1, 2, 0.8, 0.88)})
 
 
 def rows_of(differences: dict[str, list[float]], metric: str = "test/acc1") -> list[dict]:

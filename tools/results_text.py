@@ -49,20 +49,22 @@ def convergence_table(last: dict[tuple[str, str], tuple[float, float, float, flo
     return "\n".join(lines)
 
 
-def convergence_verdict(rows: list[dict[str, Any]], task: str, metric: str,
-                        changes: dict[str, float]) -> str:
-    """One line: the largest change of the last validation interval against the spread of the
-    normalizers' mean test values (``changes``: normalizer -> last change, from the table)."""
-    means = {n: s.mean for n, s in per_normalizer(rows, task, metric).items()}
-    spread = max(means.values()) - min(means.values()) if means else 0.0
+NEAR = 0.01  # a last validation interval that changed the metric by less than 1% of it: near convergence
+
+
+def convergence_verdict(task: str, metric: str,
+                        last: dict[tuple[str, str], tuple[float, float, float, float]]) -> str:
+    """One line: the largest relative change of the last validation interval over the
+    normalizers (mean over seeds), and whether it is under :data:`NEAR`."""
+    changes = {n: (after - before) / abs(after) for (t, n), (_, _, before, after) in last.items()
+               if t == task and after != 0}
     if not changes:
-        return f"- **{task}, convergence.** No validation curve with two points."
-    largest = max(abs(v) for v in changes.values())
-    state = ("still changing by more than the normalizers' spread: the comparison is at a fixed "
-             "training budget, not at convergence" if largest > spread else
-             "changing by less than the normalizers' spread: near convergence at this budget")
-    return (f"- **{task}, convergence.** The last validation interval changed {metric.split('/')[-1]} by "
-            f"up to {largest:.3g} (mean over seeds); the normalizers' test means span {spread:.3g}: {state}.")
+        return f"- **{task}, convergence.** No validation curve with two nonzero points."
+    worst = max(changes, key=lambda n: abs(changes[n]))
+    state = ("under 1% for every normalizer: near convergence at this budget" if abs(changes[worst]) < NEAR
+             else "1% or more: the comparison is at a fixed training budget, not at convergence")
+    return (f"- **{task}, convergence.** Over the last validation interval {metric.split('/')[-1]} changed "
+            f"by at most {abs(changes[worst]):.1%} of its value ({worst}, mean over seeds): {state}.")
 
 
 def fmt(value: float) -> str:
@@ -124,8 +126,7 @@ def conclusion(spec: dict[str, Any], rows: list[dict[str, Any]], tasks: list[str
                        f"{direction}.")
     for task in tasks:
         if primaries[task] is not None:
-            changes = {n: v[3] - v[2] for (t, n), v in (last or {}).items() if t == task}
-            out.append(convergence_verdict(rows, task, primaries[task], changes))
+            out.append(convergence_verdict(task, primaries[task], last or {}))
     out += notes or []
     seeds = len({r["seed"] for r in rows})
     comparisons = f"{len(normalizers) - 1} normalizers × {len(tasks)} tasks"
