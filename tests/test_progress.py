@@ -165,6 +165,25 @@ def test_the_epoch_total_holds_when_max_steps_ends_the_run(tmp_path, monkeypatch
     assert steps == ["1/3", "2/3", "3/3", "1/2", "2/2"], err
 
 
+@pytest.mark.parametrize("accumulate, max_steps, batches, expected", [
+    (1, 5, 3, [3, 3, 3, 2, 2]),  # epoch 1 whole, epoch 2 has the 2 steps left
+    (2, 5, 20, [10] * 10),  # 5 steps of 2 batches: 10 batches, at every batch
+    (2, 5, 7, [7] * 7 + [2] * 2),  # 4 steps in epoch 1 (the last at its end), 1 step of 2 batches left
+])
+def test_the_epoch_total_with_accumulation(accumulate, max_steps, batches, expected):
+    totals, step, epoch_batch = [], 0, 0
+    for _ in range(sum(1 for _ in expected)):
+        epoch_batch += 1
+        if epoch_batch % accumulate == 0 or epoch_batch == batches:  # Lightning steps at an epoch's end too
+            step += 1
+        trainer = SimpleNamespace(num_training_batches=batches, max_steps=max_steps, global_step=step,
+                                  accumulate_grad_batches=accumulate)
+        totals.append(PlainProgressBar._epoch_total(trainer, epoch_batch - 1))
+        if epoch_batch == batches:
+            epoch_batch = 0
+    assert totals == expected
+
+
 def test_no_progress_and_a_summary_without_logger_or_checkpoints(tmp_path, capsys, run_messages):
     """Lightning's defaults minus a logger and checkpoints: the summary still comes, and says so."""
     trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False,

@@ -28,15 +28,23 @@ from typing import Any
 import torch
 import yaml
 
-from mmkit.ablation.report import _val_curve, primary_metric
+from mmkit.ablation.report import _val_curve, logged_metrics, primary_metric
 from mmkit.analysis.checkpoints import load_vit
 from mmkit.analysis.localisation import grad_cam, ink_mask, ink_share, rollout_of
 from mmkit.analysis.oversmoothing import oversmoothing_curve
 from mmkit.cli.figure_inputs import image_batch
+from mmkit.files import resolve_config
 from mmkit.normalizers import make_normalizer
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by the tests
-from results_text import conclusion, convergence_table, measure_table, paired_table, task_kind  # noqa: E402
+from results_text import (  # noqa: E402
+    LastTwo,
+    conclusion,
+    convergence_table,
+    measure_table,
+    paired_table,
+    task_kind,
+)
 
 
 def refuse(message: str) -> None:
@@ -133,6 +141,8 @@ def write_page(root: Path, out: Path, num: int, indices: list[int]) -> None:
     for name in ("results.csv", "results.md", "results.png"):
         shutil.copyfile(root / name, assets / ("grid_" + name.split("_")[-1]))
     normalizers = [Path(n).stem for n in spec["normalizers"]]
+    if "softmax" not in normalizers:
+        refuse("the page compares every normalizer with softmax, and the grid has no softmax runs")
     tasks = list(dict.fromkeys(Path(c).stem for c in spec["configs"]))
     kinds = {Path(c).stem: task_kind(c) for c in spec["configs"]}
     vit_task = next((t for t in tasks if kinds[t] == "ImageClassification"), None)
@@ -157,9 +167,9 @@ def write_page(root: Path, out: Path, num: int, indices: list[int]) -> None:
     paired = paired_table(measures, vit_task, names, normalizers)
     write_csv(assets / "vit_measures.csv", measures)
 
-    metrics = spec.get("metrics") or []
-    primaries = {t: primary_metric([m for m in metrics if any(Path(r["config"]).stem == t and r.get(m)
-                                                           for r in rows)]) for t in tasks}
+    metrics = spec.get("metrics") or sorted({k for r in rows for k in r if k.startswith("test/")})
+    primaries = {t: primary_metric(logged_metrics(metrics, [r for r in rows if Path(r["config"]).stem == t]))
+                 for t in tasks}
     wall, cell_sum = grid_wall(root), sum(float(r["wall_s"]) for r in rows)
     last = last_validations(root, rows, tasks, primaries, normalizers)
     walls: dict[tuple[str, str], list[float]] = {}
@@ -167,11 +177,10 @@ def write_page(root: Path, out: Path, num: int, indices: list[int]) -> None:
         walls.setdefault((r["config"], r["normalizer"]), []).append(float(r["wall_s"]))
     wall_spread = max((max(w) - min(w)) / (sum(w) / len(w)) for w in walls.values())
     template = (Path(__file__).parent / "results_template.md").read_text()
-    grid_file = ("configs/ablation/benchmark.yaml" if spec.get("name") == "benchmark"
-                 else str(root / "ablation.yaml"))
+    command, recipes = recipes_text(spec, root)
     text = template.format(
         title=f"{len(normalizers)} normalizers on {len(tasks)} small tasks",
-        command=f"mmkit ablate -c {grid_file}",
+        command=command, recipes=recipes, grid_dir=root.as_posix(),
         cells=len(rows), jobs=spec.get("jobs", 1),
         shape=f"{len(tasks)} tasks × {len(normalizers)} normalizers × {len(spec['seeds'])} seeds",
         wall=wall / 60, cell_sum=cell_sum / 60, wall_spread=wall_spread,
@@ -202,9 +211,9 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def last_validations(root: Path, rows: list[dict[str, Any]], tasks: list[str],
                      primaries: dict[str, str | None], normalizers: list[str]
-                     ) -> dict[tuple[str, str], tuple[float, float, float, float]]:
-    """Per (task, normalizer): the steps of the last two validations of the primary metric
-    and its values there, mean over the seeds."""
+                     ) -> dict[tuple[str, str], LastTwo]:
+    """Per (task, normalizer): the last two validation steps of the primary metric that every
+    seed's curve has, with each seed's values there (left out: no two shared steps)."""
     out = {}
     for task in tasks:
         metric = primaries[task]
@@ -212,14 +221,38 @@ def last_validations(root: Path, rows: list[dict[str, Any]], tasks: list[str],
             continue
         val = "val/" + metric.split("/", 1)[-1]
         for n in normalizers:
-            curves = [_val_curve(root / "cells" / r["id"], val) for r in rows
+            curves = [dict(_val_curve(root / "cells" / r["id"], val)) for r in rows
                       if Path(r["config"]).stem == task and r["normalizer"] == n]
-            curves = [c for c in curves if len(c) >= 2]
-            if curves:
-                before = sum(c[-2][1] for c in curves) / len(curves)
-                last = sum(c[-1][1] for c in curves) / len(curves)
-                out[task, n] = (curves[0][-2][0], curves[0][-1][0], before, last)
+            shared = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if len(shared) >= 2:
+                s0, s1 = shared[-2:]
+                out[task, n] = LastTwo((s0, s1), [c[s0] for c in curves], [c[s1] for c in curves])
     return out
+
+
+def recipes_text(spec: dict[str, Any], root: Path) -> tuple[str, str]:
+    """The command that reproduces the grid and the paragraph on its recipes: the shipped
+    benchmark's when the grid is it (same configs, normalizers, seeds, args), else the grid's
+    own file and its settings."""
+    shipped = yaml.safe_load(Path(resolve_config("configs/ablation/benchmark.yaml")).read_text())
+    defaults = {"normalizers": None, "seeds": None, "args": [], "test_ckpt": "best"}
+    same = ([Path(c).as_posix() for c in spec["configs"]] == shipped["configs"]
+            and all((spec.get(k) or default) == shipped.get(k, default) for k, default in defaults.items()))
+    args = ", ".join(f"`{a}`" for a in spec.get("args") or []) or "none"
+    if same:
+        return "mmkit ablate -c configs/ablation/benchmark.yaml", BENCHMARK_RECIPES
+    configs = ", ".join(f"`{c}`" for c in spec["configs"])
+    return (f"mmkit ablate -c {root / 'ablation.yaml'}",
+            f"This grid is not the shipped `configs/ablation/benchmark.yaml`. Its base configs: {configs}; "
+            f"its extra arguments for every cell: {args}. The recipe of each task is the same for every "
+            "normalizer; only the normalizer overlay differs.")
+
+
+BENCHMARK_RECIPES = """The recipe of each task is fixed and the same for every normalizer; only the normalizer
+overlay differs (`configs/normalizer/*.yaml`), and the grid adds no arguments. The ViT runs
+`configs/vit/mnist.yaml` unchanged; the LM and the translator run the CPU-budget versions in
+`configs/benchmark/`, the translator with the MultiMax reference placement (softmax in
+cross-attention and while generating)."""
 
 
 def main(argv: list[str] | None = None) -> None:

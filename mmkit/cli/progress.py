@@ -179,8 +179,10 @@ epoch ETA 1m25s | run ETA 19m02s
         all epoch; Lightning's ``total_train_batches`` shrinks as steps are taken)."""
         total = _total(trainer.num_training_batches)
         if trainer.max_steps is not None and trainer.max_steps > 0:
-            left = max(0, trainer.max_steps - trainer.global_step) * max(1, trainer.accumulate_grad_batches)
-            total = min(total, batch_idx + 1 + left)
+            k = max(1, trainer.accumulate_grad_batches)  # batches per optimizer step
+            # the batches of the step in progress already seen do not count again
+            left = max(0, trainer.max_steps - trainer.global_step) * k - (batch_idx + 1) % k
+            total = min(total, batch_idx + 1 + max(0, left))
         return total
 
     def _run_eta(self, trainer: Trainer, batch_idx: int, rate: float) -> float | None:
