@@ -77,14 +77,20 @@ def test_convergence_uses_the_last_two_steps_every_seed_shares(page, words, tmp_
     assert row == "| t | softmax | 199 → 299 | 0.7 → 0.8 | +0.1 | +0.1 | 2 |"
 
 
-def test_convergence_is_judged_against_the_narrowest_paired_interval(words):
+def test_convergence_is_judged_by_the_relative_change_and_the_narrowest_paired_interval(words):
     rows = rows_of({"multimax": [0.02, 0.021, 0.019]})  # paired half-width about 0.0025
-    for change, verdict in ((0.01, "compared at a fixed training budget"), (0.001, "have plateaued")):
-        last = {("mnist", "softmax"): words.LastTwo((1, 2), [0.9] * 3, [0.9 + change] * 3),
-                ("mnist", "multimax"): words.LastTwo((1, 2), [0.92] * 3, [0.92] * 3)}
+    steady = words.LastTwo((1, 2), [0.92] * 3, [0.92] * 3)
+    cases = ((0.01, "one seed's by up to 0.01 (softmax), more than the narrowest"),
+             (0.001, "have plateaued at the resolution"),
+             (0.1, "the mean acc1 of softmax still changed by 11% of its value: the normalizers are "
+                   "compared at a fixed training budget"))
+    for change, verdict in cases:
+        last = {("mnist", "softmax"): words.LastTwo((1, 2), [0.9 - change] * 3, [0.9] * 3),
+                ("mnist", "multimax"): steady}
         line = words.convergence_verdict(rows, "mnist", "test/acc1", last)
-        assert verdict in line and f"changed by up to {change:.3g} (softmax)" in line, line
+        assert verdict in line, line
     last[("mnist", "sparsemax")] = words.LastTwo((1, 2), [0.5] * 3, [float("nan")] * 3)
+    last[("mnist", "softmax")] = steady
     line = words.convergence_verdict(rows, "mnist", "test/acc1", last)
     assert "have plateaued" in line and line.endswith("Non-finite validation values: sparsemax.")
 

@@ -74,11 +74,15 @@ def convergence_table(last: dict[tuple[str, str], LastTwo]) -> str:
     return "\n".join(lines)
 
 
+STILL_MOVING = 0.05  # a mean change over the last validation interval of 5% of the value or more
+
+
 def convergence_verdict(rows: list[dict[str, Any]], task: str, metric: str,
                         last: dict[tuple[str, str], LastTwo]) -> str:
-    """One line: the largest change of one seed over the last validation interval, against the
-    resolution of the comparison (the narrowest paired 95% interval of ``metric`` on ``task``):
-    a task whose runs still move by more than that is compared at a fixed budget."""
+    """One line on how settled the runs of ``task`` are at their last validation: still
+    moving when a normalizer's mean changed by :data:`STILL_MOVING` of its value or more over
+    the last interval, or when one seed changed by more than the comparison can resolve (the
+    narrowest paired 95% interval of ``metric``); plateaued otherwise."""
     mine = {n: v for (t, n), v in last.items() if t == task}
     broken = sorted(n for n, v in mine.items() if not v.finite())
     mine = {n: v for n, v in mine.items() if v.finite()}
@@ -86,17 +90,24 @@ def convergence_verdict(rows: list[dict[str, Any]], task: str, metric: str,
     tail = f" Non-finite validation values: {', '.join(broken)}." if broken else ""
     if not mine:
         return head + "No normalizer has two finite validations that every seed shares." + tail
+    name = metric.split("/")[-1]
+    relative = {n: abs(sum(v.changes) / sum(v.after)) if sum(v.after) else math.inf for n, v in mine.items()}
+    moving = max(relative, key=relative.get)
+    if relative[moving] >= STILL_MOVING:
+        return (head + f"Over the last validation interval the mean {name} of {moving} still changed by "
+                f"{relative[moving]:.0%} of its value: the normalizers are compared at a fixed training "
+                "budget, not at convergence, and more training could change the ranking." + tail)
     who, largest = max(((n, abs(c)) for n, v in mine.items() for c in v.changes), key=lambda x: x[1])
     halves = [d.half for d in paired_differences(rows, task, metric).values() if d.half]
-    name = metric.split("/")[-1]
-    text = f"Over the last validation interval one seed's {name} changed by up to {largest:.3g} ({who})"
+    text = (f"Every normalizer's mean {name} changed by less than {STILL_MOVING:.0%} over the last "
+            f"validation interval; one seed's by up to {largest:.3g} ({who})")
     if not halves:
         return head + text + "; there is no paired interval to compare it with." + tail
     resolution = min(halves)
     state = ("less than the narrowest paired 95% interval (±{:.3g}): the runs have plateaued at the "
              "resolution of this comparison" if largest < resolution else
-             "more than the narrowest paired 95% interval (±{:.3g}): the normalizers are compared at a "
-             "fixed training budget, and more training could change the ranking").format(resolution)
+             "more than the narrowest paired 95% interval (±{:.3g}): the ranking could still change with "
+             "more training").format(resolution)
     return head + text + ", " + state + "." + tail
 
 
