@@ -71,13 +71,13 @@ def multimax_from(ranges: Tensor, ts: Tensor) -> list[MultiMax]:
 
 
 def run_file(ckpt: str | Path, name: str) -> Path:
-    """A file the run of ``<run>/checkpoints/<x>.ckpt`` saved: ``<run>/<name>``, or else the
-    only ``<run>/*/<name>`` (an ``mmkit ablate`` cell logs into ``<cell>/run/``). The first
-    candidate when neither exists, for the error message."""
+    """A file the run of ``<run>/checkpoints/<x>.ckpt`` saved: ``<run>/<name>`` (``mmkit fit``),
+    or else ``<run>/run/<name>`` (an ``mmkit ablate`` cell logs into ``<cell>/run/``). No other
+    folder is searched: a file of another run is never taken. The first path when neither
+    exists, for the error message."""
     run = Path(ckpt).resolve().parent.parent
-    direct = run / name
-    below = sorted(run.glob(f"*/{name}")) if not direct.is_file() else []
-    return below[0] if len(below) == 1 else direct
+    direct, cell = run / name, run / "run" / name
+    return cell if not direct.is_file() and cell.is_file() else direct
 
 
 def run_config(ckpt: str | Path, config: str | Path | None = None) -> dict:

@@ -1,6 +1,6 @@
 """Where the figures commands find a run's config.yaml and tokenizer.json: beside the
-checkpoints' folder (``mmkit fit``), or in the one folder below it (an ``mmkit ablate``
-cell logs into ``<cell>/run/``)."""
+checkpoints' folder (``mmkit fit``), or in ``run/`` below it (an ``mmkit ablate`` cell logs
+into ``<cell>/run/``); never in another folder."""
 
 from pathlib import Path
 
@@ -29,8 +29,9 @@ def test_a_grid_cell_keeps_them_one_folder_below(tmp_path):
     assert run_file(ckpt, "tokenizer.json") == tmp_path / "run" / "tokenizer.json"
 
 
-def test_two_candidates_below_are_not_guessed_between(tmp_path):
-    ckpt = make(tmp_path, "a/config.yaml", "b/config.yaml")
+def test_no_other_folder_is_searched(tmp_path):
+    ckpt = make(tmp_path, "other/config.yaml", "runs/tokenizer.json")  # not this run's files
     assert run_file(ckpt, "config.yaml") == tmp_path / "config.yaml"
+    assert run_file(ckpt, "tokenizer.json") == tmp_path / "tokenizer.json"
     with pytest.raises(FileNotFoundError, match="run config .*config.yaml not found"):
         run_config(ckpt)
