@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mmkit.ablation.grid import AblationSpec
+
 PATH = Path(__file__).parents[1] / "tools" / "results_page.py"
 
 
@@ -27,18 +29,24 @@ def words(page):
     return sys.modules["results_text"]  # the page's wording, imported by the page
 
 
-def write_grid(root: Path, states: dict[str, str], rows: int | None = None) -> None:
-    spec = {"configs": ["configs/vit/mnist.yaml"], "normalizers": ["softmax", "multimax"], "seeds": [0],
-            "metrics": ["test/acc1"]}
-    (root / "ablation.yaml").parent.mkdir(parents=True, exist_ok=True)
+REPO = Path(__file__).parents[1]
+
+
+def write_grid(root: Path, states: dict[str, str], rows: int | None = None,
+               config: str = str(REPO / "configs/vit/mnist.yaml")) -> None:
+    spec = {"configs": [config], "normalizers": ["softmax", "multimax"], "seeds": [0],
+            "metrics": ["test/acc1"], "normalizer_dir": str(REPO / "configs/normalizer")}
+    root.mkdir(parents=True, exist_ok=True)
     (root / "ablation.yaml").write_text(yaml.safe_dump(spec))
+    grid = AblationSpec(**spec, output_dir=str(root.parent), name=root.name)
+    for cell in grid.cells():  # what `mmkit ablate` records when a cell starts
+        cell.record_definition()
     for cell, state in states.items():
-        (root / "cells" / cell).mkdir(parents=True)
         (root / "cells" / cell / "status.json").write_text(json.dumps({"state": state}))
     lines = ["id,config,normalizer,seed,test/acc1,wall_s,ckpt"]
     for cell in list(states)[:rows]:
         normalizer = cell.split("-")[1]
-        lines.append(f"{cell},configs/vit/mnist.yaml,{normalizer},0,0.9,10,cells/{cell}/checkpoints/last.ckpt")
+        lines.append(f"{cell},{config},{normalizer},0,0.9,10,cells/{cell}/checkpoints/last.ckpt")
     (root / "results.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -55,6 +63,17 @@ def test_a_table_that_lacks_a_cell_is_refused(page, tmp_path):
     write_grid(tmp_path / "ok", {"mnist-softmax-s0": "done", "mnist-multimax-s0": "done"})
     spec, rows = page.read_grid(tmp_path / "ok")
     assert [r["seed"] for r in rows] == [0, 0] and spec["normalizers"] == ["softmax", "multimax"]
+
+
+def test_a_grid_whose_configs_changed_since_it_ran_is_refused(page, tmp_path):
+    config = tmp_path / "mnist.yaml"
+    config.write_text((REPO / "configs/vit/mnist.yaml").read_text())
+    write_grid(tmp_path / "g", {"mnist-softmax-s0": "done", "mnist-multimax-s0": "done"}, config=str(config))
+    page.read_grid(tmp_path / "g")  # the same files: read
+    config.write_text(config.read_text().replace("max_epochs: 15", "max_epochs: 16"))
+    changed = "configs changed since the grid ran.*config file mnist.yaml changed"
+    with pytest.raises(SystemExit, match=changed):
+        page.read_grid(tmp_path / "g")
 
 
 def test_convergence_uses_the_last_two_steps_every_seed_shares(page, words, tmp_path):

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import yaml
 
+from mmkit.ablation.grid import AblationSpec
 from mmkit.ablation.report import _val_curve, logged_metrics, primary_metric
 from mmkit.analysis.checkpoints import load_vit
 from mmkit.analysis.localisation import grad_cam, ink_mask, ink_share, rollout_of
@@ -53,7 +54,8 @@ def refuse(message: str) -> None:
 
 def read_grid(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The grid's resolved spec and its ``results.csv`` rows; refuses a grid with any cell
-    not done, or whose table lacks one of its cells."""
+    not done, whose table lacks one of its cells, or whose cells were run with other configs,
+    overlays or args than the files the page would name."""
     spec_path, csv_path = root / "ablation.yaml", root / "results.csv"
     if not spec_path.is_file() or not csv_path.is_file():
         refuse(f"{root} is not a finished ablation grid (no ablation.yaml or results.csv)")
@@ -69,6 +71,11 @@ def read_grid(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if len(rows) != expected or sorted(r["id"] for r in rows) != cells:
         refuse(f"results.csv has {len(rows)} rows for {len(cells)} done cells of {expected}; "
                "rerun `mmkit ablate` on the grid to rewrite it")
+    grid = AblationSpec(**{**spec, "output_dir": str(root.parent), "name": root.name})
+    try:  # every cell's recorded config and overlay (SHA-256), seed and args against today's files
+        grid.conflicts()
+    except ValueError as err:
+        refuse(f"the configs changed since the grid ran, so its numbers are not theirs: {err}")
     for row in rows:
         row["seed"] = int(row["seed"])
     return spec, rows
