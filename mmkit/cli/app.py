@@ -46,6 +46,7 @@ from .quiet import quiet_lightning
 from .resume import ExactResume, RecipeOnResume
 from .runs import RunConfigRecord, check_run_dirs, resolve_checkpoint
 from .summary import RunSummary
+from .trainer_types import pin_int_first
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "mmkit.cli.loggers.CSVLogger",
@@ -99,6 +100,7 @@ class MMKitCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         quiet_lightning()
+        pin_int_first(Trainer.__init__)  # `--trainer.limit_val_batches 1` is one batch, not 100%
         self.results: Any = None
         self.definition: dict[str, Any] = {}
         self.optimizer: dict[str, Any] | None = None
