@@ -148,8 +148,14 @@ def test_a_signal_stops_the_grid_and_the_rerun_resumes_the_cell(signum, tmp_path
     assert not (cells / "mnist-multimax-s0").exists()  # the grid stopped
     assert "rerun the same command to resume it" in capsys.readouterr().out
     monkeypatch.delenv("MMKIT_TEST_SIGNAL")
+    # The first attempt's clock survives the interrupt; pretend it started 1000 s before its save.
+    assert status["earlier_s"] == 0 and status["started_unix"] <= last.stat().st_mtime
+    status["started_unix"] = last.stat().st_mtime - 1000
+    (cells / "mnist-softmax-s0" / "status.json").write_text(json.dumps(status))
     assert main(["ablate", "-c", str(grid)]) == 0
     assert (cells / "mnist-softmax-s0" / "run" / "config.resume-1.yaml").is_file()  # resumed, not redone
+    result = json.loads((cells / "mnist-softmax-s0" / "result.json").read_text())
+    assert 1000 <= result["wall_s"] < 1000 + 600  # both attempts count
     for name in ("mnist-softmax-s0", "mnist-multimax-s0"):
         assert json.loads((cells / name / "status.json").read_text())["state"] == "done"
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -187,7 +188,9 @@ def run_cells(spec: AblationSpec, todo: list[Cell], grid_yaml: Path, console: Co
                 console.print(f"{escape(tag)} [red]{cell.id} failed[/red]: {escape(str(err))}{eta}")
                 return
             shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k.startswith("test/"))
-            console.print(escape(f"{tag} {cell.id} done in {result['wall_s']:.0f} s: {shown}{eta}"))
+            wall = result["wall_s"]
+            took = f"{wall:.0f} s" if math.isfinite(wall) else "an unknown time (an earlier attempt's is)"
+            console.print(escape(f"{tag} {cell.id} done in {took}: {shown}{eta}"))
 
     if spec.jobs > 1:
         console.print(describe_threads(spec.jobs))

@@ -35,6 +35,7 @@ from ..cli.callbacks import Interrupted, clear_stop, stop_requested
 from ..cli.provenance import RECORD_KEY
 from ..files import pid_alive, read_checkpoint, write_json_atomic
 from .grid import Cell
+from .timing import earlier_attempts_s, timing
 
 KEEP_ON_RETRY = ("log.txt",)  # a parallel cell's log, which the parent process holds open
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch's intra-op threads follow OMP's
@@ -144,14 +145,16 @@ def check_cells(cells: list[Cell], cli: CLIEntry) -> None:
 
 def run_in_process(cell: Cell, cli: CLIEntry, display: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """``mmkit fit`` then ``mmkit test`` for ``cell`` in this process; returns its result."""
+    previous = cell.status()
     how = prepare(cell)
+    resume = resume_checkpoint(cell) if how == "resume" else None
+    clocks = {"started_unix": time.time(), "earlier_s": earlier_attempts_s(previous, resume)}
     clear_stop()
     cell.record_definition()
     cell.set_status("running", pid=os.getpid(), host=socket.gethostname(), how=how,
-                    started=time.strftime("%Y-%m-%d %H:%M:%S"))
+                    started=time.strftime("%Y-%m-%d %H:%M:%S"), **clocks)
     start = time.perf_counter()
     try:
-        resume = resume_checkpoint(cell) if how == "resume" else None
         cli.run(["fit", *cell.cli_args(display), *([f"--ckpt_path={resume}"] if resume else [])])
         record = _last_record(cell)  # the test leaves last.ckpt as the fit wrote it
         ckpt = test_checkpoint(cell, record)
@@ -163,7 +166,7 @@ def run_in_process(cell: Cell, cli: CLIEntry, display: list[str] | tuple[str, ..
         signum = err.signum if isinstance(err, Interrupted) else stop_requested()
         if signum is not None:  # a signal, not a failure: the rerun resumes the cell
             cell.set_status("interrupted", signal=signal.Signals(signum).name, error=str(err),
-                            pid=os.getpid(), host=socket.gethostname())
+                            pid=os.getpid(), host=socket.gethostname(), **clocks)
             raise CellInterrupted(cell, signum) from err
         if isinstance(err, KeyboardInterrupt):
             raise
@@ -172,7 +175,8 @@ def run_in_process(cell: Cell, cli: CLIEntry, display: list[str] | tuple[str, ..
         cell.set_status("failed", error=f"{type(err).__name__}: {message}",
                         log=str(cell.dir / "error.txt"))
         raise CellFailed(cell, message) from err
-    return finish(cell, time.perf_counter() - start, ckpt, {**val_metrics, **test_metrics})
+    wall_s = clocks["earlier_s"] + time.perf_counter() - start  # NaN when an earlier attempt's is unknown
+    return finish(cell, wall_s, ckpt, {**val_metrics, **test_metrics})
 
 
 def finish(cell: Cell, wall_s: float, ckpt: Path, metrics: dict[str, float]) -> dict[str, Any]:
@@ -284,7 +288,7 @@ def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None, children: _C
             raise CellInterrupted(cell, int(signal.Signals[status["signal"]]))
         if children.signum is not None and code < 0:  # stopped by the forwarded signal before it saved
             cell.set_status("interrupted", signal=signal.Signals(children.signum).name,
-                            error=f"exit status {code}")
+                            error=f"exit status {code}", **timing(status))
             raise CellInterrupted(cell, children.signum)
         if status["state"] != "failed":  # killed before it could say so
             cell.set_status("failed", error=f"exit status {code}", log=str(cell.dir / "log.txt"))
