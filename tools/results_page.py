@@ -76,6 +76,11 @@ def read_grid(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         grid.conflicts()
     except ValueError as err:
         refuse(f"the configs changed since the grid ran, so its numbers are not theirs: {err}")
+    untimed = [r["id"] for r in rows if not math.isfinite(float(r["wall_s"] or "nan"))]
+    if untimed:
+        refuse(f"{len(untimed)} cells have no known wall time ({', '.join(untimed[:3])}: an earlier "
+               "attempt did not record its start), so the page's time ratios would not hold; "
+               "run them again from scratch")
     for row in rows:
         row["seed"] = int(row["seed"])
     return spec, rows
