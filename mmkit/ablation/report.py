@@ -28,6 +28,13 @@ LOWER_IS_BETTER = ("loss", "ppl", "bpb", "nll", "err")
 PRIMARY = ("acc1", "bleu", "ppl", "acc")
 
 
+LOG_SCALE = ("ppl",)  # exp(loss): a log axis is linear in the loss and fits a sparse output's ε-smoothed value
+
+
+def log_scaled(metric: str) -> bool:
+    return metric.split("/")[-1] in LOG_SCALE
+
+
 def lower_is_better(metric: str) -> bool:
     return any(word in metric.split("/")[-1] for word in LOWER_IS_BETTER)
 
@@ -156,7 +163,7 @@ def plot(spec: AblationSpec, rows: list[dict[str, Any]], path: Path) -> None:
 def plot_figure(spec: AblationSpec, rows: list[dict[str, Any]]) -> Figure:
     """Per task, top: the primary test metric of every seed (points) and its mean with a 95%
     Student-t confidence interval per normalizer (``n = 1``: the mean alone), on a y-range
-    fitted to the values; bottom: its validation curve per normalizer (mean over seeds)."""
+    fitted to the values (a log axis for perplexity); bottom: its validation curve per normalizer (mean over seeds)."""
     from ..analysis.figures import new_figure
 
     tasks = list(dict.fromkeys(r["config"] for r in rows))
@@ -171,11 +178,13 @@ def plot_figure(spec: AblationSpec, rows: list[dict[str, Any]]) -> Figure:
         if metric is None:
             continue
         val_metric = "val/" + metric.split("/", 1)[-1]
+        plotted: list[float] = []
         for i, n in enumerate(normalizers):
             values = [float(r[metric]) for r in task_rows if r["normalizer"] == n and metric in r
                       and not math.isnan(float(r[metric]))]
             if values:
                 draw_seeds(points, i, values, colors[n])
+                plotted += values
             runs = [_val_curve(spec.root / "cells" / r["id"], val_metric)
                     for r in task_rows if r["normalizer"] == n]
             runs = [c for c in runs if c]
@@ -183,6 +192,9 @@ def plot_figure(spec: AblationSpec, rows: list[dict[str, Any]]) -> Figure:
                 steps = sorted(set.intersection(*(set(s for s, _ in c) for c in runs)))
                 means = [statistics.fmean(dict(c)[s] for c in runs) for s in steps]
                 curves.plot(steps, means, marker=".", color=colors[n], label=f"{n} (n = {len(runs)})")
+        if log_scaled(metric) and plotted and min(plotted) > 0:
+            points.set_yscale("log")
+            curves.set_yscale("log")
         points.set_xticks(range(len(normalizers)), normalizers, rotation=20)
         points.set_xlim(-0.6, len(normalizers) - 0.3)
         points.margins(y=0.15)

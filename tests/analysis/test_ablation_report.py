@@ -100,6 +100,9 @@ def test_each_task_plots_its_own_metric(grid):
                     for y in c.get_offsets()[:, 1])
     assert points == sorted(100 + 10 * v for vs in ACC.values() for v in vs)
     assert fig.axes[0].get_ylabel().startswith("test/acc1")
+    # perplexity on a log axis (top and validation curves), accuracy on a linear one
+    assert (top_lm.get_yscale(), fig.axes[3].get_yscale()) == ("log", "log")
+    assert (fig.axes[0].get_yscale(), fig.axes[2].get_yscale()) == ("linear", "linear")
 
 
 def test_results_csv_paths_are_relative(grid, tmp_path):
