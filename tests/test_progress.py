@@ -23,7 +23,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from rich.console import Console
 
 from mmkit.ablation import command
-from mmkit.ablation.runner import THREAD_VARS, cell_threads, describe_threads, run_subprocess
+from mmkit.ablation.parallel import THREAD_VARS, cell_threads, describe_threads, run_subprocess
 from mmkit.cli import MMKitCLI
 from mmkit.cli.progress import PlainProgressBar, default_progress_bar, duration
 from mmkit.cli.summary import RunSummary

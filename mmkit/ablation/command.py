@@ -26,16 +26,8 @@ from ..cli.progress import duration
 from ..files import resolve_config_args, write_text_atomic
 from . import report, slurm
 from .grid import AblationSpec, Cell
-from .runner import (
-    CellFailed,
-    CellInterrupted,
-    CLIEntry,
-    check_cells,
-    describe_threads,
-    is_running_elsewhere,
-    run_in_process,
-    run_parallel,
-)
+from .parallel import describe_threads, run_parallel
+from .runner import CellFailed, CellInterrupted, CLIEntry, check_cells, is_running_elsewhere, run_in_process
 
 SPEC_HELP = {
     "configs": "base mmkit configs (one per task), e.g. [configs/vit/mnist.yaml]",

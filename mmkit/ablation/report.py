@@ -28,7 +28,7 @@ LOWER_IS_BETTER = ("loss", "ppl", "bpb", "nll", "err")
 PRIMARY = ("acc1", "bleu", "ppl", "acc")
 
 
-LOG_SCALE = ("ppl",)  # exp(loss): a log axis is linear in the loss and fits a sparse output's ε-smoothed value
+LOG_SCALE = ("ppl",)  # exp(loss): its log axis is linear in the loss (and fits ε-smoothed sparse outputs)
 
 
 def log_scaled(metric: str) -> bool:
@@ -163,7 +163,8 @@ def plot(spec: AblationSpec, rows: list[dict[str, Any]], path: Path) -> None:
 def plot_figure(spec: AblationSpec, rows: list[dict[str, Any]]) -> Figure:
     """Per task, top: the primary test metric of every seed (points) and its mean with a 95%
     Student-t confidence interval per normalizer (``n = 1``: the mean alone), on a y-range
-    fitted to the values (a log axis for perplexity); bottom: its validation curve per normalizer (mean over seeds)."""
+    fitted to the values (a log axis for perplexity); bottom: its validation curve per
+    normalizer (mean over seeds)."""
     from ..analysis.figures import new_figure
 
     tasks = list(dict.fromkeys(r["config"] for r in rows))
