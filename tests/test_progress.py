@@ -25,7 +25,8 @@ from rich.console import Console
 from mmkit.ablation import command
 from mmkit.ablation.parallel import THREAD_VARS, cell_threads, describe_threads, run_subprocess
 from mmkit.cli import MMKitCLI
-from mmkit.cli.progress import PlainProgressBar, default_progress_bar, duration
+from mmkit.cli.formatting import duration
+from mmkit.cli.progress import PlainProgressBar, default_progress_bar
 from mmkit.cli.summary import RunSummary
 from mmkit.entry import main
 

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..cli.callbacks import request_stop
-from ..cli.progress import duration
+from ..cli.formatting import duration
 from ..files import resolve_config_args, write_text_atomic
 from . import report, slurm
 from .grid import AblationSpec, Cell

@@ -26,44 +26,12 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 
+from .formatting import duration, metrics_text
+
 PROGRESS_ENV = "MMKIT_PROGRESS"
 INTERVAL_ENV = "MMKIT_PROGRESS_INTERVAL"
 PROGRESS_CHOICES = ("auto", "rich", "plain", "none")
 DEFAULT_INTERVAL = 30.0
-HIDDEN_METRICS = ("v_num",)  # get_metrics()'s logger version: not a metric
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` as ``45s``, ``3m07s``, ``2h05m`` or ``1d03h``; ``?`` when unknown."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def number(value: Any) -> str:
-    """A metric to 4 significant digits (a non-number as it is)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return f"{value:.4g}"
-
-
-def _metrics_text(metrics: Mapping[str, Any], prefixes: tuple[str, ...] = ()) -> str:
-    shown = [f"{k}={number(v)}" for k, v in sorted(metrics.items())
-             if k not in HIDDEN_METRICS and (not prefixes or k.startswith(prefixes))]
-    return " ".join(shown)
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _batch_size(batch: Any) -> int | None:
@@ -150,7 +118,7 @@ epoch ETA 1m25s | run ETA 19m02s
 
     def _shown_metrics(self, trainer: Trainer, pl_module: LightningModule) -> str:
         try:
-            return _metrics_text(self.get_metrics(trainer, pl_module))
+            return metrics_text(self.get_metrics(trainer, pl_module))
         except Exception:  # a metric that cannot be shown never stops training
             return ""
 
@@ -277,7 +245,7 @@ epoch ETA 1m25s | run ETA 19m02s
         label = self._eval_label(trainer, stage)
         parts = [f"{label} done: {self._eval_batches} batches in {duration(elapsed)}"]
         if stage != "predict":
-            metrics = _metrics_text(trainer.callback_metrics, (f"{stage}/",))
+            metrics = metrics_text(trainer.callback_metrics, (f"{stage}/",))
             if metrics:
                 parts.append(metrics)
         self._write(" | ".join(parts))

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from .progress import _count, _metrics_text, number
+from .formatting import count, metrics_text, number
 
 
 class RunSummary(Callback):
@@ -53,7 +53,7 @@ def summary_line(trainer: Trainer, stage: str, log_dir: str | None) -> str:
     how = "interrupted" if trainer.interrupted else "done"
     head = f"mmkit: {stage} {how}"
     if stage == "fit":
-        head += f" after {_count(trainer.current_epoch, 'epoch')}, {_count(trainer.global_step, 'step')}"
+        head += f" after {count(trainer.current_epoch, 'epoch')}, {count(trainer.global_step, 'step')}"
     parts = [f"{head}: run {log_dir}" if log_dir else f"{head}: no run directory"]
     saver = trainer.checkpoint_callback
     if stage == "fit" and saver is not None:
@@ -74,7 +74,7 @@ def summary_line(trainer: Trainer, stage: str, log_dir: str | None) -> str:
     elif trainer.ckpt_path:
         parts.append(f"checkpoint {trainer.ckpt_path}")
     prefixes = ("test/",) if stage == "test" else ("val/",)
-    metrics = _metrics_text(trainer.callback_metrics, prefixes)
+    metrics = metrics_text(trainer.callback_metrics, prefixes)
     if metrics:
         parts.append(metrics)
     return " | ".join(parts)
