@@ -1,30 +1,96 @@
-"""A resumed cell's wall time counts its earlier attempts up to the checkpoint it resumed from."""
+"""A resumed cell's wall time counts its earlier attempts up to the checkpoint it resumed from,
+by the times the cell's status and the checkpoint record (never file times)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import signal
+from pathlib import Path
+from types import SimpleNamespace
 
-from mmkit.ablation.timing import earlier_attempts_s, timing
+import pytest
+import torch
+
+from mmkit.ablation.parallel import run_subprocess
+from mmkit.ablation.runner import CellInterrupted
+from mmkit.ablation.timing import earlier_attempts_s, saved_unix, timing
 
 
-def test_a_fresh_start_has_no_earlier_time(tmp_path):
-    assert earlier_attempts_s({"state": "failed", "started_unix": 5.0}, None) == 0.0
+def test_a_fresh_start_has_no_earlier_time():
+    assert earlier_attempts_s({"state": "failed", "started_unix": 5.0}, None, resume=False) == 0.0
 
 
-def test_earlier_attempts_count_up_to_the_resumed_checkpoint(tmp_path):
-    ckpt = tmp_path / "last.ckpt"
-    ckpt.write_bytes(b"x")
-    os.utime(ckpt, (1_000_300.0, 1_000_300.0))
+def test_earlier_attempts_count_up_to_the_resumed_checkpoints_save():
     status = {"state": "interrupted", "started_unix": 1_000_000.0, "earlier_s": 50.0, "pid": 1}
-    assert earlier_attempts_s(status, ckpt) == 350.0  # 50 s before, 300 s up to the save
+    assert earlier_attempts_s(status, 1_000_300.0, resume=True) == 350.0  # 50 s before, 300 s to the save
     assert timing(status) == {"started_unix": 1_000_000.0, "earlier_s": 50.0}
-    # a checkpoint older than the attempt's start (written by an earlier attempt) adds nothing
-    assert earlier_attempts_s({**status, "started_unix": 1_000_400.0}, ckpt) == 50.0
+    # a checkpoint an even earlier attempt saved adds nothing for the last attempt
+    assert earlier_attempts_s(status, 999_000.0, resume=True) == 50.0
 
 
-def test_an_attempt_without_a_recorded_start_makes_the_time_unknown(tmp_path):
+def test_an_unknown_time_makes_the_cells_time_unknown():
+    assert math.isnan(earlier_attempts_s({"state": "interrupted"}, 5.0, resume=True))
+    assert math.isnan(earlier_attempts_s({"started_unix": 1.0, "earlier_s": None}, 5.0, resume=True))
+    assert math.isnan(earlier_attempts_s({"started_unix": 1.0, "earlier_s": 0.0}, None, resume=True))
+
+
+def test_the_save_time_comes_from_the_checkpoint_record_not_the_file(tmp_path):
     ckpt = tmp_path / "last.ckpt"
-    ckpt.write_bytes(b"x")
-    assert math.isnan(earlier_attempts_s({"state": "interrupted"}, ckpt))
-    assert math.isnan(earlier_attempts_s({"started_unix": 1.0, "earlier_s": None}, ckpt))
+    torch.save({"state_dict": {}, "mmkit": {"saved_unix": 1_000_300.0}}, ckpt)
+    os.utime(ckpt, (2_000_000.0, 2_000_000.0))  # e.g. a copy that did not keep file times
+    assert saved_unix(ckpt) == 1_000_300.0
+    torch.save({"state_dict": {}}, ckpt)  # an older mmkit's checkpoint
+    assert saved_unix(ckpt) is None
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    assert saved_unix(tmp_path / "bad.ckpt") is None
+
+
+class _Child:
+    pid = 4242
+
+
+class _SignalledChildren:
+    """A child that the forwarded SIGTERM ended with exit status -15."""
+
+    signum = signal.SIGTERM
+
+    def start(self, cmd, log, env):
+        return _Child()
+
+    def wait(self, child):
+        return -signal.SIGTERM
+
+
+def _cell(tmp_path: Path, status: dict) -> SimpleNamespace:
+    folder = tmp_path / "cell"
+    folder.mkdir()
+    (folder / "status.json").write_text(json.dumps(status))
+
+    def read() -> dict:
+        return json.loads((folder / "status.json").read_text())
+
+    def write(state: str, **info) -> None:
+        (folder / "status.json").write_text(json.dumps({"state": state, **info}))
+
+    return SimpleNamespace(id="c", dir=folder, status=read, set_status=write, result=lambda: None)
+
+
+def test_the_parent_marks_its_signalled_child_interrupted_and_keeps_its_clock(tmp_path):
+    cell = _cell(tmp_path, {"state": "running", "pid": _Child.pid, "started_unix": 7.0, "earlier_s": 3.0})
+    with pytest.raises(CellInterrupted):
+        run_subprocess(cell, Path("grid.yaml"), None, _SignalledChildren())
+    status = cell.status()
+    assert status["state"] == "interrupted" and status["signal"] == "SIGTERM"
+    assert timing(status) == {"started_unix": 7.0, "earlier_s": 3.0}
+
+
+@pytest.mark.parametrize("before", [{"state": "failed", "error": "x"},
+                                    {"state": "running", "pid": 1, "started_unix": 7.0, "earlier_s": 0.0}])
+def test_a_child_signalled_before_it_began_leaves_the_cells_state_alone(tmp_path, before):
+    # a failed cell must start again from scratch, not resume the failed attempt's checkpoint
+    cell = _cell(tmp_path, before)
+    with pytest.raises(CellInterrupted):
+        run_subprocess(cell, Path("grid.yaml"), None, _SignalledChildren())
+    assert cell.status() == before

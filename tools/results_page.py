@@ -80,7 +80,7 @@ def read_grid(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if untimed:
         refuse(f"{len(untimed)} cells have no known wall time ({', '.join(untimed[:3])}: an earlier "
                "attempt did not record its start), so the page's time ratios would not hold; "
-               "run them again from scratch")
+               "delete their cells/<id> folders and rerun `mmkit ablate` to time them")
     for row in rows:
         row["seed"] = int(row["seed"])
     return spec, rows

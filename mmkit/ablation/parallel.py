@@ -103,8 +103,11 @@ def run_subprocess(cell: Cell, grid_yaml: Path, device: str | None, children: _C
         if status["state"] == "interrupted":
             raise CellInterrupted(cell, int(signal.Signals[status["signal"]]))
         if children.signum is not None and code < 0:  # stopped by the forwarded signal before it saved
-            cell.set_status("interrupted", signal=signal.Signals(children.signum).name,
-                            error=f"exit status {code}", **timing(status))
+            if status["state"] == "running" and status.get("pid") == child.pid:
+                cell.set_status("interrupted", signal=signal.Signals(children.signum).name,
+                                error=f"exit status {code}", **timing(status))
+            # else it stopped before it began this attempt: the cell's state is still that of
+            # the last attempt (a failed cell must start again, not resume its failed run)
             raise CellInterrupted(cell, children.signum)
         if status["state"] != "failed":  # killed before it could say so
             cell.set_status("failed", error=f"exit status {code}", log=str(cell.dir / "log.txt"))

@@ -3,9 +3,11 @@
 A cell that an interrupt stopped resumes from its checkpoint, so its time is that of the
 earlier attempts up to the checkpoint it resumed from, plus the last attempt's. Each attempt
 records when it started (``started_unix``) and what the attempts before it had spent
-(``earlier_s``) in the cell's status, and an interrupted status keeps both. When an earlier
-attempt's start is unknown (it ran under an mmkit that did not record it), the cell's time is
-unknown too: ``wall_s`` is NaN and the report leaves it out of the time ratios.
+(``earlier_s``) in the cell's status, and an interrupted status keeps both; every mmkit
+checkpoint records when it was saved (``saved_unix``, on the same host's clock). File times
+are not used: a copied grid's files carry the time of the copy. When either time is unknown
+(an attempt under an mmkit that did not record it), the cell's time is unknown too:
+``wall_s`` is NaN and the report leaves it out of the time ratios.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
+
+from ..cli.provenance import RECORD_KEY
+from ..files import read_checkpoint
 
 TIMING_KEYS = ("started_unix", "earlier_s")
 
@@ -22,12 +27,26 @@ def timing(status: dict[str, Any]) -> dict[str, Any]:
     return {key: status[key] for key in TIMING_KEYS if key in status}
 
 
-def earlier_attempts_s(previous: dict[str, Any], resume: Path | None) -> float:
-    """Seconds the attempts before this one spent on what ``resume`` holds: 0 for a fresh
-    start, NaN when an earlier attempt did not record its start."""
-    if resume is None:
+def saved_unix(checkpoint: Path) -> float | None:
+    """When ``checkpoint`` was saved, as its mmkit record says; ``None`` when it records no
+    time or cannot be read (the fit that resumes from it then says what is wrong)."""
+    try:
+        ckpt = read_checkpoint(checkpoint)
+    except (OSError, ValueError):
+        return None
+    record = ckpt.get(RECORD_KEY)
+    saved = record.get("saved_unix") if isinstance(record, dict) else None
+    return float(saved) if isinstance(saved, (int, float)) else None
+
+
+def earlier_attempts_s(previous: dict[str, Any], resume_saved_unix: float | None, resume: bool) -> float:
+    """Seconds the attempts before this one spent on what the resumed checkpoint holds (saved
+    at ``resume_saved_unix``): 0 when this attempt does not ``resume``, NaN when a time is
+    unknown."""
+    if not resume:
         return 0.0
     started, earlier = previous.get("started_unix"), previous.get("earlier_s", 0.0)
-    if started is None or earlier is None:
+    if started is None or earlier is None or resume_saved_unix is None:
         return math.nan
-    return float(earlier) + max(0.0, resume.stat().st_mtime - float(started))
+    # a checkpoint an even earlier attempt saved holds none of the last attempt's time
+    return float(earlier) + max(0.0, resume_saved_unix - float(started))

@@ -25,6 +25,7 @@ definition differs from the config's.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,8 @@ def describe_mismatch(path: Path, wanted: dict[str, Any]) -> str | None:
 
 class ProvenanceRecord(Callback):
     """Write ``checkpoint["mmkit"]``: the run's definition, its optimizer (``recipe``), the mmkit
-    version and the last validation metrics, into every full checkpoint (last, best,
-    every-n-steps, SLURM's hpc)."""
+    version, the last validation metrics and the time of the save, into every full checkpoint
+    (last, best, every-n-steps, SLURM's hpc)."""
 
     def __init__(self, run_definition: dict[str, Any], optimizer: dict[str, Any] | None = None) -> None:
         self.definition = plain(run_definition)
@@ -214,4 +215,5 @@ class ProvenanceRecord(Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1}
         checkpoint[RECORD_KEY] = {"version": __version__, "definition": self.definition,
-                                  "recipe": {"optimizer": self.optimizer}, "val_metrics": metrics}
+                                  "recipe": {"optimizer": self.optimizer}, "val_metrics": metrics,
+                                  "saved_unix": time.time()}  # when (the host's clock), for ablate's timing
