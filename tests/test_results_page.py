@@ -73,6 +73,17 @@ def test_a_cell_without_a_known_wall_time_is_refused(page, tmp_path):
         page.read_grid(tmp_path)
 
 
+def test_the_wall_time_says_when_cells_were_resumed(page, tmp_path):
+    write_grid(tmp_path, {"mnist-softmax-s0": "done", "mnist-multimax-s0": "done"})
+    assert page.resumed_note(tmp_path) == ""
+    run = tmp_path / "cells" / "mnist-multimax-s0" / "run"
+    run.mkdir()
+    for n in (1, 2):
+        (run / f"config.resume-{n}.yaml").write_text("{}")
+    assert page.resumed_note(tmp_path) == ("; 1 cell was interrupted and resumed, so this includes "
+                                           "the time the grid stood stopped")
+
+
 def test_a_grid_whose_configs_changed_since_it_ran_is_refused(page, tmp_path):
     config = tmp_path / "mnist.yaml"
     config.write_text((REPO / "configs/vit/mnist.yaml").read_text())

@@ -93,6 +93,17 @@ def grid_wall(root: Path) -> float:
     return max(ends) - min(starts)
 
 
+def resumed_note(root: Path) -> str:
+    """Words for the wall time of a grid some of whose cells were interrupted and resumed (their
+    run folders hold a ``config.resume-*.yaml``): it includes the time the grid stood stopped."""
+    resumed = sorted(p.parent.parent.name for p in (root / "cells").glob("*/run/config.resume-*.yaml"))
+    n = len(set(resumed))
+    if not n:
+        return ""
+    return (f"; {n} cell{'s were' if n > 1 else ' was'} interrupted and resumed, so this includes "
+            "the time the grid stood stopped")
+
+
 def mmkit_figures(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "mmkit", "figures", *args], check=True,
                    stdout=subprocess.DEVNULL)
@@ -195,7 +206,7 @@ def write_page(root: Path, out: Path, num: int, indices: list[int]) -> None:
         command=command, recipes=recipes, grid_dir=root.as_posix(),
         cells=len(rows), jobs=spec.get("jobs", 1),
         shape=f"{len(tasks)} tasks × {len(normalizers)} normalizers × {len(spec['seeds'])} seeds",
-        wall=wall / 60, cell_sum=cell_sum / 60, wall_spread=wall_spread,
+        wall=wall / 60, resumed=resumed_note(root), cell_sum=cell_sum / 60, wall_spread=wall_spread,
         machine=f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, torch {torch.__version__}",
         grid_table=(root / "results.md").read_text().strip(),
         convergence=convergence_table(last),
