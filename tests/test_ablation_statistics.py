@@ -68,3 +68,15 @@ def test_time_ratio_and_no_baseline():
     assert math.isclose(time_ratios(rows, "mnist")["multimax"], 1.3)
     assert "| 1.30x |" in comparison_table(rows, ["mnist"], ["test/acc1"], ["multimax"])
     assert comparison_table(rows_of({"multimax": {0: 0.8}}), ["mnist"], ["test/acc1"], ["multimax"]) is None
+
+
+def test_a_difference_that_is_the_same_on_every_seed_claims_nothing():
+    # e.g. seeds that vary nothing: the interval has zero width, which is no replication evidence
+    soft = {0: 0.812, 1: 0.812, 2: 0.812}
+    rows = rows_of({"softmax": soft, "multimax": {s: v + 0.014 for s, v in soft.items()}})
+    diff = paired_differences(rows, "mnist", "test/acc1")["multimax"]
+    assert diff.n == 3 and diff.no_spread and not diff.excludes_zero()
+    table = comparison_table(rows, ["mnist"], ["test/acc1"], ["multimax"])
+    line = next(row for row in table.splitlines() if "| multimax |" in row)
+    assert "+0.014 (the same for all 3)" in line and "*" not in line
+    assert not Summary.of([0.8, 0.81]).no_spread and not Summary.of([0.8]).no_spread

@@ -35,8 +35,15 @@ class Summary:
         mean, std = mean_std(values)
         return cls(mean, std, mean_ci(values)[1], len(values))
 
+    @property
+    def no_spread(self) -> bool:
+        """Two or more values, all equal (to rounding): the seeds varied nothing, so the zero-width
+        interval is no evidence from replication."""
+        return self.half is not None and self.half <= 1e-12 * max(1.0, abs(self.mean))
+
     def excludes_zero(self) -> bool:
-        return self.half is not None and abs(self.mean) > self.half
+        """The 95% interval excludes 0 (never for one value, or for values without spread)."""
+        return self.half is not None and not self.no_spread and abs(self.mean) > self.half
 
 
 def _value(row: dict[str, Any], metric: str) -> float | None:
@@ -91,10 +98,13 @@ def fmt(value: float) -> str:
 
 
 def interval_text(summary: Summary, signed: bool = False) -> str:
-    """``mean [low, high]`` (or ``mean (n = 1)``); ``signed`` puts a + on positive means."""
+    """``mean [low, high]`` (or ``mean (n = 1)``, or ``mean (the same for all n)`` when the values
+    do not differ); ``signed`` puts a + on positive means."""
     mean = f"{summary.mean:+.4g}" if signed else fmt(summary.mean)
     if summary.half is None:
         return f"{mean} (n = 1)"
+    if summary.no_spread:
+        return f"{mean} (the same for all {summary.n})"
     return f"{mean} [{fmt(summary.mean - summary.half)}, {fmt(summary.mean + summary.half)}]"
 
 
