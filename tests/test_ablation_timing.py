@@ -18,22 +18,30 @@ from mmkit.ablation.runner import CellInterrupted
 from mmkit.ablation.timing import earlier_attempts_s, saved_unix, timing
 
 
+def checkpoint(tmp_path: Path, saved: float | None) -> Path:
+    path = tmp_path / f"saved-{saved}.ckpt"
+    torch.save({"state_dict": {}, "mmkit": {} if saved is None else {"saved_unix": saved}}, path)
+    return path
+
+
 def test_a_fresh_start_has_no_earlier_time():
-    assert earlier_attempts_s({"state": "failed", "started_unix": 5.0}, None, resume=False) == 0.0
+    assert earlier_attempts_s({"state": "failed", "started_unix": 5.0}, None) == 0.0
 
 
-def test_earlier_attempts_count_up_to_the_resumed_checkpoints_save():
+def test_earlier_attempts_count_up_to_the_resumed_checkpoints_save(tmp_path):
     status = {"state": "interrupted", "started_unix": 1_000_000.0, "earlier_s": 50.0, "pid": 1}
-    assert earlier_attempts_s(status, 1_000_300.0, resume=True) == 350.0  # 50 s before, 300 s to the save
+    # 50 s before, 300 s to the save
+    assert earlier_attempts_s(status, checkpoint(tmp_path, 1_000_300.0)) == 350.0
     assert timing(status) == {"started_unix": 1_000_000.0, "earlier_s": 50.0}
     # a checkpoint an even earlier attempt saved adds nothing for the last attempt
-    assert earlier_attempts_s(status, 999_000.0, resume=True) == 50.0
+    assert earlier_attempts_s(status, checkpoint(tmp_path, 999_000.0)) == 50.0
 
 
-def test_an_unknown_time_makes_the_cells_time_unknown():
-    assert math.isnan(earlier_attempts_s({"state": "interrupted"}, 5.0, resume=True))
-    assert math.isnan(earlier_attempts_s({"started_unix": 1.0, "earlier_s": None}, 5.0, resume=True))
-    assert math.isnan(earlier_attempts_s({"started_unix": 1.0, "earlier_s": 0.0}, None, resume=True))
+def test_an_unknown_time_makes_the_cells_time_unknown(tmp_path):
+    saved = checkpoint(tmp_path, 5.0)
+    assert math.isnan(earlier_attempts_s({"state": "interrupted"}, saved))
+    assert math.isnan(earlier_attempts_s({"started_unix": 1.0, "earlier_s": None}, saved))
+    assert math.isnan(earlier_attempts_s({"started_unix": 1.0, "earlier_s": 0.0}, checkpoint(tmp_path, None)))
 
 
 def test_the_save_time_comes_from_the_checkpoint_record_not_the_file(tmp_path):

@@ -96,8 +96,7 @@ def grid_wall(root: Path) -> float:
 def resumed_note(root: Path) -> str:
     """Words for the wall time of a grid some of whose cells were interrupted and resumed (their
     run folders hold a ``config.resume-*.yaml``): it includes the time the grid stood stopped."""
-    resumed = sorted(p.parent.parent.name for p in (root / "cells").glob("*/run/config.resume-*.yaml"))
-    n = len(set(resumed))
+    n = len({p.parent.parent.name for p in (root / "cells").glob("*/run/config.resume-*.yaml")})
     if not n:
         return ""
     return (f"; {n} cell{'s were' if n > 1 else ' was'} interrupted and resumed, so this includes "

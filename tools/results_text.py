@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from mmkit.ablation.report import lower_is_better
-from mmkit.ablation.statistics import interval_text, paired_differences, per_normalizer
+from mmkit.ablation.statistics import fmt, interval_text, paired_differences, per_normalizer
 
 # The paper's reported gains of MultiMax over softmax, per kind of task (DESIGN.md)
 PAPER = {"ImageClassification": "+0.006 top-1 accuracy (0.6 points) on ImageNet-1k (DeiT-small, "
@@ -109,10 +109,6 @@ def convergence_verdict(rows: list[dict[str, Any]], task: str, metric: str,
              "more than the narrowest paired 95% interval (±{:.3g}): the ranking could still change with "
              "more training").format(resolution)
     return head + text + ", " + state + "." + tail
-
-
-def fmt(value: float) -> str:
-    return f"{value:.4g}"
 
 
 def task_kind(config: str) -> str:

@@ -17,7 +17,7 @@ from ..analysis.summary import mean_ci
 from ..files import write_text_atomic
 from .grid import AblationSpec
 from .runner import read_metrics
-from .statistics import Summary, comparison_table, per_normalizer
+from .statistics import Summary, comparison_table, fmt, per_normalizer
 
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the command
     from matplotlib.figure import Figure
@@ -66,10 +66,6 @@ def table_metrics(spec: AblationSpec, rows: list[dict[str, Any]]) -> list[str]:
     return sorted({k for row in rows for k in row if k.startswith("test/")})
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
-
-
 def summary_table(spec: AblationSpec, rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per normalizer, one column per (task, metric), mean ± std over
     seeds and the mean's 95% t interval; the best mean of each column is in bold (higher is
@@ -98,9 +94,9 @@ def summary_table(spec: AblationSpec, rows: list[dict[str, Any]]) -> str:
                 entries.append("–")
                 continue
             cell = cells[t, m, n]
-            text = _fmt(cell.mean)
+            text = fmt(cell.mean)
             if cell.half is not None:
-                text += f" ± {_fmt(cell.std)} [{_fmt(cell.mean - cell.half)}, {_fmt(cell.mean + cell.half)}]"
+                text += f" ± {fmt(cell.std)} [{fmt(cell.mean - cell.half)}, {fmt(cell.mean + cell.half)}]"
             entries.append(f"**{text}**" if best.get((t, m)) == n else text)
         lines.append("| " + " | ".join(entries) + " |")
     seeds = sorted({r["seed"] for r in rows})

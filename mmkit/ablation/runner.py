@@ -30,7 +30,7 @@ from ..cli.callbacks import Interrupted, clear_stop, stop_requested
 from ..cli.provenance import RECORD_KEY
 from ..files import pid_alive, read_checkpoint, write_json_atomic
 from .grid import Cell
-from .timing import earlier_attempts_s, saved_unix
+from .timing import earlier_attempts_s
 
 KEEP_ON_RETRY = ("log.txt",)  # a parallel cell's log, which the parent process holds open
 
@@ -142,8 +142,7 @@ def run_in_process(cell: Cell, cli: CLIEntry, display: list[str] | tuple[str, ..
     previous = cell.status()
     how = prepare(cell)
     resume = resume_checkpoint(cell) if how == "resume" else None
-    earlier = earlier_attempts_s(previous, saved_unix(resume) if resume else None, resume is not None)
-    clocks = {"started_unix": time.time(), "earlier_s": earlier}
+    clocks = {"started_unix": time.time(), "earlier_s": earlier_attempts_s(previous, resume)}
     clear_stop()
     cell.record_definition()
     cell.set_status("running", pid=os.getpid(), host=socket.gethostname(), how=how,

@@ -39,14 +39,13 @@ def saved_unix(checkpoint: Path) -> float | None:
     return float(saved) if isinstance(saved, (int, float)) else None
 
 
-def earlier_attempts_s(previous: dict[str, Any], resume_saved_unix: float | None, resume: bool) -> float:
-    """Seconds the attempts before this one spent on what the resumed checkpoint holds (saved
-    at ``resume_saved_unix``): 0 when this attempt does not ``resume``, NaN when a time is
-    unknown."""
-    if not resume:
+def earlier_attempts_s(previous: dict[str, Any], resume: Path | None) -> float:
+    """Seconds the attempts before this one (their last status: ``previous``) spent on what the
+    checkpoint this attempt resumes from holds: 0 for a fresh start, NaN when a time is unknown."""
+    if resume is None:
         return 0.0
-    started, earlier = previous.get("started_unix"), previous.get("earlier_s", 0.0)
-    if started is None or earlier is None or resume_saved_unix is None:
+    started, earlier, saved = previous.get("started_unix"), previous.get("earlier_s", 0.0), saved_unix(resume)
+    if started is None or earlier is None or saved is None:
         return math.nan
     # a checkpoint an even earlier attempt saved holds none of the last attempt's time
-    return float(earlier) + max(0.0, resume_saved_unix - float(started))
+    return float(earlier) + max(0.0, saved - float(started))
